@@ -1,0 +1,57 @@
+"""Completion entropy ⟨H⟩_i and the entropy filter δ (GTPO_SPEC "δ — entropy filter")."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gtpo_plugin._validation import check_entropy, check_matrix, response_mask_as_bool
+
+
+def completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """⟨H⟩_i: mean per-token entropy over each completion's valid tokens, float32 ``[B]``.
+
+    Args:
+        entropy: ``[B, L]`` float, per-token entropy (nats) of the policy that sampled the batch;
+            read without gradient. NaN/inf/negative values on valid tokens are an error; padding is ignored.
+        response_mask: ``[B, L]`` bool/int/float, 1 on valid tokens, right-padded.
+
+    An empty completion (no valid token) gets 0. Time O(B·L), memory O(B·L) for one masked copy.
+    """
+    check_matrix("entropy", entropy)
+    mask = response_mask_as_bool(response_mask, entropy.shape)
+    return _completion_entropy(check_entropy(entropy.detach(), mask), mask)
+
+
+def _completion_entropy(masked_entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    lengths = mask.sum(dim=1)
+    totals = masked_entropy.sum(dim=1, dtype=torch.float64)
+    return (totals / lengths.clamp(min=1)).to(torch.float32)
+
+
+def mean_completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> float:
+    """Mean of ⟨H⟩_i over the completions that have at least one valid token.
+
+    Applied to the first training batch this is the spec's ⟨H⟩_ini. Raises when no completion
+    has a valid token, since the mean would be undefined.
+    """
+    per_completion = completion_entropy(entropy, response_mask)
+    nonempty = response_mask_as_bool(response_mask, entropy.shape).any(dim=1)
+    if not bool(nonempty.any()):
+        raise ValueError("cannot measure the initial entropy: no completion in the batch has a valid token")
+    return float(per_completion[nonempty].double().mean())
+
+
+def entropy_filter(completion_entropy: torch.Tensor, initial_entropy: float, threshold: float) -> torch.Tensor:
+    """δ_i as bool ``[B]``: keep every completion when ⟨H⟩_ini > τ, else keep those with ⟨H⟩_i ≤ τ.
+
+    ``initial_entropy = inf`` or ``threshold = inf`` keeps everything (filter off).
+    """
+    if math.isnan(initial_entropy) or initial_entropy < 0:
+        raise ValueError(f"initial_entropy must be >= 0 nats (or inf to turn the filter off), got {initial_entropy}")
+    if math.isnan(threshold) or threshold <= 0:
+        raise ValueError(f"entropy_threshold must be > 0 nats (default ln 2), got {threshold}")
+    if initial_entropy > threshold:
+        return torch.ones_like(completion_entropy, dtype=torch.bool)
+    return completion_entropy <= threshold
