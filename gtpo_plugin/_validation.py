@@ -80,7 +80,7 @@ def check_vector(name: str, tensor: Any, batch_size: int) -> torch.Tensor:
 
 
 def check_entropy(entropy: Any, mask: torch.Tensor) -> torch.Tensor:
-    """Require finite, non-negative per-token entropies on valid tokens; returns them zeroed on padding.
+    """Require finite, non-negative per-token entropies on valid tokens; returns them detached, 0 on padding.
 
     Padding positions may hold anything (verl leaves garbage there). A tiny negative value from
     floating-point error (> -1e-4) is accepted. Cost: O(B·L).
@@ -88,7 +88,7 @@ def check_entropy(entropy: Any, mask: torch.Tensor) -> torch.Tensor:
     check_matrix("entropy", entropy, mask.shape)
     if not entropy.dtype.is_floating_point:
         raise TypeError(f"entropy must be a floating-point tensor (nats per token), got dtype {entropy.dtype}")
-    masked = torch.where(mask, entropy, torch.zeros((), dtype=entropy.dtype, device=entropy.device))
+    masked = torch.where(mask, entropy.detach(), torch.zeros((), dtype=entropy.dtype, device=entropy.device))
     if not bool(torch.isfinite(masked).all()):
         raise ValueError("entropy holds NaN or inf on valid tokens (response_mask = 1); "
                          "check the old-log-prob pass that computed it")

@@ -119,7 +119,7 @@ def compute_gtpo_terms(
     check_token_ids("responses", responses)
     check_matrix("token_level_rewards", token_level_rewards, responses.shape)
     mask = response_mask_as_bool(response_mask, responses.shape)
-    masked_entropy = check_entropy(entropy.detach(), mask)
+    masked_entropy = check_entropy(entropy, mask)
     groups = group_ids(index, responses.shape[0]).to(responses.device)
 
     scores = token_level_rewards.detach().sum(dim=-1)

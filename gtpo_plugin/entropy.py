@@ -21,7 +21,7 @@ def completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> to
     """
     check_matrix("entropy", entropy)
     mask = response_mask_as_bool(response_mask, entropy.shape)
-    return _completion_entropy(check_entropy(entropy.detach(), mask), mask)
+    return _completion_entropy(check_entropy(entropy, mask), mask)
 
 
 def _completion_entropy(masked_entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

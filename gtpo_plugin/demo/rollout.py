@@ -1,0 +1,113 @@
+"""Rollouts: sample a group of completions per prompt from the policy and pack them as verl's ``DataProto``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from verl import DataProto
+
+from gtpo_plugin.demo.model import next_token_logits, response_log_probs
+from gtpo_plugin.demo.task import Grade, Problem, grade
+from gtpo_plugin.demo.vocab import Vocab, pad_left, pad_right
+
+
+@dataclass
+class Rollout:
+    """One batch of groups: ``len(problems) * group_size`` completions, a group's rows contiguous."""
+
+    problems: list[Problem]
+    group_size: int
+    data: DataProto
+    grades: list[Grade]
+
+
+@torch.no_grad()
+def sample(
+    model: torch.nn.Module,
+    prompts: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    generator: torch.Generator,
+) -> list[list[int]]:
+    """Sample one completion per prompt row at temperature 1, each ending at ``<eos>`` or ``max_new_tokens``.
+
+    Recomputes the whole (short) sequence at every step instead of caching keys and values: for a
+    model this size it is as fast and keeps the forward identical to the training one. Sampling
+    draws from ``generator`` on the CPU so that runs repeat exactly on any device.
+    """
+    batch = prompts.shape[0]
+    ids, mask = prompts, prompt_mask
+    done = torch.zeros(batch, dtype=torch.bool, device=prompts.device)
+    rows: list[list[int]] = [[] for _ in range(batch)]
+    for _ in range(max_new_tokens):
+        probs = torch.softmax(next_token_logits(model, ids, mask)[:, -1].float(), dim=-1).cpu()
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        for i in torch.nonzero(~done.cpu()).flatten().tolist():
+            rows[i].append(int(tokens[i]))
+        tokens = torch.where(done.cpu(), pad_id, tokens).to(prompts.device)
+        done |= tokens == eos_id
+        if bool(done.all()):
+            break
+        ids = torch.cat([ids, tokens[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(tokens)[:, None]], dim=1)
+    return rows
+
+
+def rollout(
+    model: torch.nn.Module,
+    vocab: Vocab,
+    problems: list[Problem],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    generator: torch.Generator,
+    step: int,
+) -> Rollout:
+    """Sample ``group_size`` completions per problem, grade them and build the verl batch.
+
+    The ``DataProto`` holds verl's names: ``prompts``, ``responses`` ``[B, L]`` (right-padded),
+    ``response_mask``, ``token_level_rewards`` (the reward on each completion's last valid token),
+    ``old_log_probs`` and ``entropy`` of the sampling policy (one teacher-forced pass, as verl's
+    actor recomputes them), and ``uid`` per row (one id per prompt: the GRPO/GTPO group).
+    """
+    device = next(model.parameters()).device
+    repeated = [problem for problem in problems for _ in range(group_size)]
+    prompt_ids, prompt_mask = pad_left([vocab.encode(p.prompt_tokens()) for p in repeated], vocab.pad_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    was_training = model.training
+    model.eval()
+    rows = sample(model, prompt_ids, prompt_mask, eos_id=vocab.eos_id, pad_id=vocab.pad_id,
+                  max_new_tokens=max_new_tokens, generator=generator)
+    responses, response_mask = pad_right(rows, vocab.pad_id, width=max_new_tokens)
+    responses, response_mask = responses.to(device), response_mask.to(device)
+    with torch.no_grad():
+        old_log_probs, entropy = response_log_probs(model, prompt_ids, prompt_mask, responses, with_entropy=True)
+    model.train(was_training)
+
+    grades = [grade(vocab.decode(row), problem) for row, problem in zip(rows, repeated, strict=True)]
+    rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32, device=device)
+    lengths = response_mask.sum(dim=1)
+    token_level_rewards = torch.zeros(responses.shape, dtype=torch.float32, device=device)
+    has_tokens = lengths > 0
+    rows_with_tokens = torch.nonzero(has_tokens).flatten()
+    token_level_rewards[rows_with_tokens, lengths[has_tokens] - 1] = rewards[has_tokens]
+
+    uid = np.array([f"step{step}-prompt{i // group_size}" for i in range(len(repeated))], dtype=object)
+    data = DataProto.from_dict(
+        tensors={
+            "prompts": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "responses": responses,
+            "response_mask": response_mask,
+            "token_level_rewards": token_level_rewards,
+            "old_log_probs": old_log_probs,
+            "entropy": entropy * response_mask,
+        },
+        non_tensors={"uid": uid},
+    )
+    return Rollout(problems=problems, group_size=group_size, data=data, grades=grades)

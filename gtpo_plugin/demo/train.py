@@ -1,0 +1,250 @@
+"""Reinforcement learning through verl's algorithm layer: rollout → ``compute_advantage`` → policy loss → step.
+
+Nothing here re-implements GRPO or GTPO. Advantages come from verl's
+``verl.trainer.ppo.ray_trainer.compute_advantage`` (``adv_estimator="gtpo"`` is the plugin's, registered
+when ``import verl`` loads the ``verl.plugins`` entry point; ``"grpo"`` is verl's own) and the loss from
+``verl.trainer.ppo.core_algos.get_policy_loss_fn`` with a real verl ``FSDPActorConfig``. The core's
+functions are called only for diagnostics (λ, the ``gtpo/*`` metrics of both runs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from verl import DataProto
+from verl.trainer.ppo import core_algos, ray_trainer
+from verl.workers.config import FSDPActorConfig, OptimizerConfig, PolicyLossConfig
+
+from gtpo_plugin import compute_gtpo_terms, conflict_weights, gtpo_metrics, mean_completion_entropy
+from gtpo_plugin.demo.model import response_log_probs
+from gtpo_plugin.demo.rollout import Rollout, rollout
+from gtpo_plugin.demo.task import sample_problems
+from gtpo_plugin.demo.vocab import Vocab
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """How verl is told to run one algorithm: its advantage estimator and its policy loss."""
+
+    name: str
+    adv_estimator: str
+    loss_mode: str
+
+
+# Each algorithm as a verl user selects it. Everything else (loss aggregation, clip range, optimizer,
+# data, seeds) is shared, so the runs differ only by the algorithm. verl's "vanilla" loss differs
+# from the plugin's "gtpo" loss only by dual-clip (ratio bound 3 on negative advantages), which the
+# run logs as actor/pg_clipfrac_lower.
+ALGORITHMS = {
+    "gtpo": Algorithm("gtpo", adv_estimator="gtpo", loss_mode="gtpo"),
+    "grpo": Algorithm("grpo", adv_estimator="grpo", loss_mode="vanilla"),
+}
+
+
+@dataclass(frozen=True)
+class RLSettings:
+    """Hyper-parameters of the reinforcement-learning phase (shared by both algorithms)."""
+
+    steps: int
+    group_size: int
+    prompts_per_step: int
+    lr: float
+    mini_batches: int
+    max_new_tokens: int
+    clip_ratio: float = 0.2
+    max_grad_norm: float = 1.0
+    loss_agg_mode: str = "seq-mean-token-mean"
+    gtpo: dict[str, Any] = field(default_factory=dict)
+
+
+def actor_config(algorithm: Algorithm, settings: RLSettings) -> FSDPActorConfig:
+    """verl's own actor config: what its policy losses read (clip ratios, aggregation, batch info)."""
+    batch = settings.prompts_per_step * settings.group_size
+    return FSDPActorConfig(
+        strategy="fsdp",
+        rollout_n=settings.group_size,
+        ppo_mini_batch_size=settings.prompts_per_step // settings.mini_batches,
+        ppo_micro_batch_size_per_gpu=batch // settings.mini_batches,
+        ppo_epochs=1,
+        clip_ratio=settings.clip_ratio,
+        clip_ratio_low=settings.clip_ratio,
+        clip_ratio_high=settings.clip_ratio,
+        loss_agg_mode=settings.loss_agg_mode,
+        policy_loss=PolicyLossConfig(loss_mode=algorithm.loss_mode),
+        use_kl_loss=False,
+        entropy_coeff=0.0,
+        use_torch_compile=False,
+        grad_clip=settings.max_grad_norm,
+        optim=OptimizerConfig(lr=settings.lr, weight_decay=0.0, clip_grad=settings.max_grad_norm),
+    )
+
+
+def algorithm_config(algorithm: Algorithm, settings: RLSettings) -> DictConfig:
+    """The ``algorithm`` section of a verl config, with GTPO's knobs under ``gtpo`` (unused by GRPO)."""
+    return OmegaConf.create({
+        "adv_estimator": algorithm.adv_estimator,
+        "norm_adv_by_std_in_grpo": True,
+        "use_kl_in_reward": False,
+        "gamma": 1.0,
+        "lam": 1.0,
+        "gtpo": dict(settings.gtpo),
+    })
+
+
+def compute_advantages(data: DataProto, algorithm: Algorithm, config: DictConfig) -> DataProto:
+    """verl's ``compute_advantage`` on the batch; adds ``advantages`` and ``returns``."""
+    return ray_trainer.compute_advantage(
+        data,
+        adv_estimator=algorithm.adv_estimator,
+        norm_adv_by_std_in_grpo=config.norm_adv_by_std_in_grpo,
+        config=config,
+    )
+
+
+@dataclass
+class Diagnostics:
+    """What GTPO sees in a batch, computed with the core for either run: λ and the ``gtpo/*`` metrics."""
+
+    weights: torch.Tensor
+    metrics: dict[str, float]
+    group_advantage: torch.Tensor
+    completion_entropy: torch.Tensor
+    keep: torch.Tensor
+
+
+def diagnose(data: DataProto, settings: RLSettings, initial_entropy: float) -> Diagnostics:
+    knobs = {k: v for k, v in settings.gtpo.items() if k != "initial_entropy"}
+    batch = data.batch
+    terms = compute_gtpo_terms(
+        batch["token_level_rewards"], batch["response_mask"], batch["responses"], data.non_tensor_batch["uid"],
+        batch["entropy"], initial_entropy=initial_entropy, **knobs,
+    )
+    weights = conflict_weights(
+        batch["responses"], batch["response_mask"], data.non_tensor_batch["uid"], terms.group_advantage,
+        amplification=knobs.get("amplification", 2.0), mode=knobs.get("conflict_mode", "prefix_suffix"),
+    )
+    return Diagnostics(weights, gtpo_metrics(terms), terms.group_advantage, terms.completion_entropy, terms.keep)
+
+
+def update_policy(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: DataProto,
+    config: FSDPActorConfig,
+    protected: torch.Tensor,
+    mini_batches: int,
+) -> dict[str, float]:
+    """One PPO epoch over ``mini_batches`` contiguous mini-batches (whole groups each), verl's policy loss.
+
+    ``protected`` ``[B, L]`` marks the tokens GTPO gives λ = 0; the returned
+    ``demo/protected_grad_abs`` sums |∂loss/∂log π| over them (exactly 0 for GTPO, > 0 for GRPO,
+    whose negative updates push those shared tokens down).
+    """
+    loss_fn = core_algos.get_policy_loss_fn(config.policy_loss.loss_mode)
+    totals: dict[str, float] = {}
+    protected_grad = 0.0
+    rows = torch.arange(len(data))
+    for chunk_rows, chunk in zip(rows.chunk(mini_batches), data.chunk(mini_batches), strict=True):
+        batch = chunk.batch
+        log_prob, _ = response_log_probs(model, batch["prompts"], batch["prompt_mask"], batch["responses"])
+        log_prob.retain_grad()
+        loss, metrics = loss_fn(
+            old_log_prob=batch["old_log_probs"],
+            log_prob=log_prob,
+            advantages=batch["advantages"],
+            response_mask=batch["response_mask"].to(torch.bool),
+            loss_agg_mode=config.loss_agg_mode,
+            config=config,
+            rollout_is_weights=None,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        assert log_prob.grad is not None
+        protected_grad += float(log_prob.grad[protected[chunk_rows]].abs().sum())
+        for key, value in {**metrics, "actor/pg_loss": float(loss.detach()), "actor/grad_norm": float(grad_norm)}.items():
+            totals[key] = totals.get(key, 0.0) + float(value) / mini_batches
+    totals["demo/protected_grad_abs"] = protected_grad
+    return totals
+
+
+@dataclass
+class StepRecord:
+    """One RL step: the batch as trained on (with advantages), its diagnostics and logged metrics."""
+
+    rollout: Rollout
+    diagnostics: Diagnostics
+    metrics: dict[str, float]
+
+
+@dataclass
+class Trainer:
+    """Runs one algorithm from given weights; ``step()`` does rollout → advantage → update."""
+
+    algorithm: Algorithm
+    model: torch.nn.Module
+    vocab: Vocab
+    settings: RLSettings
+    seed: int
+    step_index: int = 0
+    initial_entropy: float | None = None
+
+    def __post_init__(self) -> None:
+        self.actor = actor_config(self.algorithm, self.settings)
+        self.algo = algorithm_config(self.algorithm, self.settings)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.actor.optim.lr, betas=tuple(self.actor.optim.betas),
+            weight_decay=self.actor.optim.weight_decay,
+        )
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def step(self) -> StepRecord:
+        self.step_index += 1
+        problems = sample_problems(self.settings.prompts_per_step, self.generator)
+        batch = rollout(self.model, self.vocab, problems, group_size=self.settings.group_size,
+                        max_new_tokens=self.settings.max_new_tokens, generator=self.generator,
+                        step=self.step_index)
+        data = batch.data
+        if self.initial_entropy is None:
+            # ⟨H⟩_ini as the spec defines it: the first batch, before any update. Used here for the
+            # diagnostics; the adapter measures its own for training.
+            self.initial_entropy = mean_completion_entropy(data.batch["entropy"], data.batch["response_mask"])
+        data = compute_advantages(data, self.algorithm, self.algo)
+        batch.data = data
+        diagnostics = diagnose(data, self.settings, self.initial_entropy)
+        protected = (diagnostics.weights == 0) & data.batch["response_mask"].bool()
+        update = update_policy(self.model, self.optimizer, data, self.actor, protected, self.settings.mini_batches)
+        metrics = {"step": float(self.step_index), **rollout_metrics(batch), **diagnostics.metrics, **update}
+        return StepRecord(batch, diagnostics, metrics)
+
+
+def rollout_metrics(batch: Rollout) -> dict[str, float]:
+    """Reward, format accuracy, token entropy (verl's ``actor/entropy``: token mean) and length."""
+    mask = batch.data.batch["response_mask"].float()
+    entropy = float((batch.data.batch["entropy"] * mask).sum() / mask.sum().clamp(min=1))
+    return {
+        "reward/mean": float(np.mean([g.reward for g in batch.grades])),
+        "format/accuracy": float(np.mean([g.well_formed for g in batch.grades])),
+        "actor/entropy": entropy,
+        "response_length/mean": float(mask.sum(dim=1).mean()),
+    }
+
+
+def run(trainer: Trainer, on_step: Callable[[StepRecord], None] | None = None) -> list[dict[str, float]]:
+    """Run ``trainer.settings.steps`` steps; ``on_step`` sees every record (progress bar, group view)."""
+    history = []
+    for _ in range(trainer.settings.steps):
+        record = trainer.step()
+        if not all(math.isfinite(v) for v in record.metrics.values()):
+            raise FloatingPointError(f"non-finite metric at step {trainer.step_index}: {record.metrics}")
+        history.append(record.metrics)
+        if on_step is not None:
+            on_step(record)
+    return history
