@@ -30,20 +30,29 @@ def check_token_ids(name: str, responses: Any) -> torch.Tensor:
     return responses
 
 
-def response_mask_as_bool(response_mask: Any, shape: torch.Size) -> torch.Tensor:
-    """Turn a bool/int/float ``[B, L]`` mask into bool and check that it is right-padded.
+def check_response_mask(response_mask: Any, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a bool/int/float ``[B, L]`` mask into ``(bool mask, valid tokens per row)``, checking right-padding.
 
     Valid tokens must form a leading block in every row (verl right-pads responses); a left-padded
-    or holed mask would misalign the suffix comparison, so it is refused. Cost: O(B·L).
+    or holed mask would misalign the suffix comparison, so it is refused. A row is a leading block
+    exactly when its count of valid tokens equals the column of its first padding slot.
+    Cost: three O(B·L) passes over 1-byte data.
     """
     check_matrix("response_mask", response_mask, shape)
     mask = response_mask if response_mask.dtype == torch.bool else response_mask != 0
-    if mask.shape[1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+    flags = mask.view(torch.uint8)
+    lengths = flags.sum(dim=1, dtype=torch.int32).long()
+    if mask.shape[1] == 0:
+        return mask, lengths
+    first_padding = flags.argmin(dim=1)  # the first 0; 0 when the row is all ones
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    block_end = torch.where(mask[rows, first_padding], mask.shape[1], first_padding)
+    if not bool(torch.equal(block_end, lengths)):
         raise ValueError(
             "response_mask must be right-padded: in every row the valid tokens must form a leading block "
             "(1…1 0…0); found a valid token after padding (left-padded or holed mask)"
         )
-    return mask
+    return mask, lengths
 
 
 def group_ids(index: GroupIndex, batch_size: int) -> torch.Tensor:
@@ -79,19 +88,21 @@ def check_vector(name: str, tensor: Any, batch_size: int) -> torch.Tensor:
     return tensor
 
 
-def check_entropy(entropy: Any, mask: torch.Tensor) -> torch.Tensor:
-    """Require finite, non-negative per-token entropies on valid tokens; returns them detached, 0 on padding.
+def entropy_row_sums(entropy: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Σ_t H_{i,t} over valid tokens, float32 ``[B]``, after checking the entropies.
 
-    Padding positions may hold anything (verl leaves garbage there). A tiny negative value from
-    floating-point error (> -1e-4) is accepted. Cost: O(B·L).
+    Requires finite, non-negative values on valid tokens; padding may hold anything (verl leaves
+    garbage there) and is ignored. A tiny negative value from floating-point error (> -1e-4) is
+    accepted. Read without gradient. Cost: O(B·L) time, one masked copy of ``entropy`` in memory.
     """
     check_matrix("entropy", entropy, mask.shape)
     if not entropy.dtype.is_floating_point:
         raise TypeError(f"entropy must be a floating-point tensor (nats per token), got dtype {entropy.dtype}")
     masked = torch.where(mask, entropy.detach(), torch.zeros((), dtype=entropy.dtype, device=entropy.device))
-    if not bool(torch.isfinite(masked).all()):
+    row_sums = masked.sum(dim=1, dtype=torch.float32)
+    if not bool(torch.isfinite(row_sums).all()):  # NaN and inf survive the sum
         raise ValueError("entropy holds NaN or inf on valid tokens (response_mask = 1); "
                          "check the old-log-prob pass that computed it")
     if masked.numel() and float(masked.min()) < -1e-4:
         raise ValueError(f"entropy must be >= 0 on valid tokens (it is -Σ p ln p), got minimum {float(masked.min())}")
-    return masked
+    return row_sums

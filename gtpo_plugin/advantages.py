@@ -14,15 +14,15 @@ import torch
 
 from gtpo_plugin._validation import (
     GroupIndex,
-    check_entropy,
     check_matrix,
+    check_response_mask,
     check_token_ids,
+    entropy_row_sums,
     group_ids,
-    response_mask_as_bool,
 )
 from gtpo_plugin.config import GTPOConfig
 from gtpo_plugin.conflicts import find_conflicts
-from gtpo_plugin.entropy import _completion_entropy, entropy_filter
+from gtpo_plugin.entropy import entropy_filter
 
 
 def group_advantage(
@@ -118,23 +118,21 @@ def compute_gtpo_terms(
     GTPOConfig(amplification, entropy_coef, entropy_threshold, conflict_mode, initial_entropy)
     check_token_ids("responses", responses)
     check_matrix("token_level_rewards", token_level_rewards, responses.shape)
-    mask = response_mask_as_bool(response_mask, responses.shape)
-    masked_entropy = check_entropy(entropy, mask)
+    mask, lengths = check_response_mask(response_mask, responses.shape)
+    mean_entropy = entropy_row_sums(entropy, mask) / lengths.clamp(min=1)
     groups = group_ids(index, responses.shape[0]).to(responses.device)
 
     scores = token_level_rewards.detach().sum(dim=-1)
     advantage = _group_advantage(scores, groups, norm_adv_by_std=norm_adv_by_std, epsilon=epsilon)
     runs = find_conflicts(responses, mask, index, advantage, amplification=amplification,
-                          mode=conflict_mode, mask=mask, groups=groups)
-    mean_entropy = _completion_entropy(masked_entropy, mask)
+                          mode=conflict_mode, checked_mask=(mask, lengths), groups=groups)
     keep = entropy_filter(mean_entropy, initial_entropy, entropy_threshold)
     sequence_advantage = torch.where(keep, advantage - entropy_coef * mean_entropy, 0.0)
 
     dtype = token_level_rewards.dtype if token_level_rewards.dtype.is_floating_point else torch.float32
-    per_token = sequence_advantage.to(dtype)[:, None] * mask.to(dtype)
-    runs.scale_(per_token)
+    per_token = runs.scale_(mask.to(dtype).mul_(sequence_advantage.to(dtype)[:, None]))
 
-    nonempty = runs.lengths > 0
+    nonempty = lengths > 0
     protected, amplified = runs.token_counts()
     return GTPOTerms(
         advantages=per_token,
@@ -142,9 +140,9 @@ def compute_gtpo_terms(
         completion_entropy=mean_entropy,
         keep=keep,
         sequence_advantage=sequence_advantage,
-        lengths=runs.lengths,
+        lengths=lengths,
         initial_entropy=float(initial_entropy),
-        valid_tokens=int(runs.lengths.sum()),
+        valid_tokens=int(lengths.sum()),
         protected_tokens=protected,
         amplified_tokens=amplified,
         nonempty_completions=int(nonempty.sum()),

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gtpo_plugin._validation import GroupIndex, check_token_ids, check_vector, group_ids, response_mask_as_bool
+from gtpo_plugin._validation import GroupIndex, check_response_mask, check_token_ids, check_vector, group_ids
 from gtpo_plugin.config import check_amplification, check_conflict_mode
 
 _FIRST_WINDOW = 16
@@ -93,8 +93,10 @@ def conflict_weights(
     Returns:
         λ ∈ {0, 1, w, w²} on valid tokens. Time O(G_max·B·K) + O(B·L), memory O(B·L) (see module doc).
     """
-    runs = find_conflicts(responses, response_mask, index, advantages, amplification=amplification, mode=mode)
-    mask = response_mask_as_bool(response_mask, responses.shape)
+    check_token_ids("responses", responses)
+    mask, lengths = check_response_mask(response_mask, responses.shape)
+    runs = find_conflicts(responses, response_mask, index, advantages, amplification=amplification, mode=mode,
+                          checked_mask=(mask, lengths))
     return runs.scale_(mask.to(torch.float32))
 
 
@@ -106,20 +108,19 @@ def find_conflicts(
     *,
     amplification: float = 2.0,
     mode: str = "prefix_suffix",
-    mask: torch.Tensor | None = None,
+    checked_mask: tuple[torch.Tensor, torch.Tensor] | None = None,
     groups: torch.Tensor | None = None,
 ) -> ConflictRuns:
     """Locate conflict tokens; see :func:`conflict_weights` for the arguments.
 
-    ``mask`` (bool, already checked) and ``groups`` (ids 0..n-1) may be passed by callers that
-    validated them, to avoid a second pass.
+    ``checked_mask`` (the result of ``check_response_mask``) and ``groups`` (ids 0..n-1) may be
+    passed by callers that computed them, to avoid a second pass over the batch.
     """
     check_token_ids("responses", responses)
     check_amplification(amplification)
     check_conflict_mode(mode)
     batch_size, length = responses.shape
-    if mask is None:
-        mask = response_mask_as_bool(response_mask, responses.shape)
+    mask, lengths = checked_mask or check_response_mask(response_mask, responses.shape)
     if groups is None:
         groups = group_ids(index, batch_size)
     check_vector("advantages", advantages, batch_size)
@@ -128,7 +129,6 @@ def find_conflicts(
 
     device = responses.device
     sign = torch.sign(advantages.detach()).to(device=device, dtype=torch.int8)
-    lengths = mask.sum(dim=1)
     factor = torch.where(sign > 0, float(amplification), torch.where(sign < 0, 0.0, 1.0)).to(torch.float32)
     runs = ConflictRuns(factor=factor, lengths=lengths)
     if mode == "none" or batch_size == 0 or length == 0 or not bool((sign != 0).any()):

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from gtpo_plugin._validation import check_entropy, check_matrix, response_mask_as_bool
+from gtpo_plugin._validation import check_matrix, check_response_mask, entropy_row_sums
 
 
 def completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
@@ -20,14 +20,8 @@ def completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> to
     An empty completion (no valid token) gets 0. Time O(B·L), memory O(B·L) for one masked copy.
     """
     check_matrix("entropy", entropy)
-    mask = response_mask_as_bool(response_mask, entropy.shape)
-    return _completion_entropy(check_entropy(entropy, mask), mask)
-
-
-def _completion_entropy(masked_entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    lengths = mask.sum(dim=1)
-    totals = masked_entropy.sum(dim=1, dtype=torch.float64)
-    return (totals / lengths.clamp(min=1)).to(torch.float32)
+    mask, lengths = check_response_mask(response_mask, entropy.shape)
+    return entropy_row_sums(entropy, mask) / lengths.clamp(min=1)
 
 
 def mean_completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> float:
@@ -37,7 +31,7 @@ def mean_completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) 
     has a valid token, since the mean would be undefined.
     """
     per_completion = completion_entropy(entropy, response_mask)
-    nonempty = response_mask_as_bool(response_mask, entropy.shape).any(dim=1)
+    nonempty = check_response_mask(response_mask, entropy.shape)[1] > 0
     if not bool(nonempty.any()):
         raise ValueError("cannot measure the initial entropy: no completion in the batch has a valid token")
     return float(per_completion[nonempty].double().mean())

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import statistics
 
+LN2 = math.log(2)
+
 
 def sign(value: float) -> int:
     return (value > 0) - (value < 0)
@@ -71,7 +73,7 @@ def naive_conflict_weights(completions, groups, advantages, amplification=2.0, m
 
 def naive_gtpo_advantage(
     completions, groups, scores, entropies, *, initial_entropy, amplification=2.0, entropy_coef=0.1,
-    entropy_threshold=math.log(2), conflict_mode="prefix_suffix", norm_adv_by_std=True, epsilon=1e-6,
+    entropy_threshold=LN2, conflict_mode="prefix_suffix", norm_adv_by_std=True, epsilon=1e-6,
 ):
     """Per-token a_{i,t} = δ_i (A_i − γ⟨H⟩_i) λ_{i,t}, as lists; ``entropies`` are per valid token."""
     group_adv = naive_group_advantage(scores, groups, norm_adv_by_std, epsilon)

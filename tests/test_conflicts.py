@@ -7,12 +7,12 @@ import random
 import numpy as np
 import pytest
 import torch
+from batches import Batch, random_batch, unpad
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from naive_reference import naive_conflict_weights, naive_group_advantage
 
 from gtpo_plugin import conflict_weights
-from batches import Batch, random_batch, unpad
-from naive_reference import naive_conflict_weights, naive_group_advantage
 
 WORKED = Batch(
     completions=[[5, 7, 9, 3, 2], [5, 7, 8, 3, 2], [5, 6, 1, 1, 3, 2], [5, 7, 9]],
