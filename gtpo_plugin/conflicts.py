@@ -5,10 +5,10 @@ in a completion of the same group whose advantage has the opposite sign (only co
 A ≠ 0 take part). Positions are compared left-aligned (from the first token) and, in
 ``prefix_suffix`` mode, also right-aligned (from each completion's own last valid token).
 
-Algorithm: rows are grouped by a stable sort of the group ids; for partner offset j = 0..G_max-1
-every row is compared with the j-th member of its own group, only where the two have opposite
-signs. This costs O(G_max·B·K) time and O(B·K) memory for a window of K positions — never
-O(V·L) like per-vocabulary counters. In ``prefix_suffix`` mode only the leading and trailing runs
+Algorithm: rows are laid out in a ``[groups, G_max]`` grid (a stable sort by group id); for each
+member j = 0..G_max-1 the whole grid is compared with member j by broadcasting, keeping matches
+where the two have opposite signs. This costs O(G_max·B·K) time and O(B·K) memory for a window of
+K positions — never O(V·L) like per-vocabulary counters. In ``prefix_suffix`` mode only the leading and trailing runs
 matter, so the window starts small and doubles only while some run fills it; typical runs are a
 few tokens, making the cost close to O(B) plus one pass over ``[B, L]`` to write the weights.
 """
@@ -134,48 +134,85 @@ def find_conflicts(
     if mode == "none" or batch_size == 0 or length == 0 or not bool((sign != 0).any()):
         return runs
 
-    partners = _group_partners(groups.to(device), sign)
+    layout = GroupLayout.of(groups.to(device), sign)
     if mode == "any":
-        runs.positions = _conflicts_in_window(responses, mask, sign, partners)
+        runs.positions = layout.conflicts(responses, mask)
         return runs
 
-    runs.prefix = _leading_run(lambda k: (responses[:, :k], mask[:, :k]), sign, partners, lengths, length)
-    runs.suffix = _leading_run(lambda k: _right_aligned(responses, lengths, k), sign, partners, lengths, length)
+    runs.prefix = _leading_run(lambda k: (responses[:, :k], mask[:, :k]), layout, lengths, length)
+    runs.suffix = _leading_run(lambda k: _right_aligned(responses, lengths, k), layout, lengths, length)
     return runs
 
 
-def _group_partners(groups: torch.Tensor, sign: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """For each offset j, the rows whose j-th group member has the opposite sign, and that member.
+@dataclass
+class GroupLayout:
+    """Where each row sits in a ``[groups, G_max]`` grid, so that a group's members can be compared
+    by broadcasting instead of gathering partners row by row.
 
-    Returns a list of (rows, partner_rows) LongTensor pairs; O(G_max·B) time and memory.
+    ``rows`` lists the batch rows sorted by group; ``slot[r]`` is row r's cell in the flattened grid;
+    ``group_starts[g]`` indexes ``rows`` at group g's first member. Empty cells have sign 0.
     """
-    order = torch.argsort(groups, stable=True)
-    counts = torch.bincount(groups)
-    starts = torch.cumsum(counts, 0) - counts
-    row_start, row_count = starts[groups], counts[groups]
-    pairs = []
-    for offset in range(int(counts.max())):
-        has_member = offset < row_count
-        partner = order[torch.where(has_member, row_start + offset, 0)]
-        opposite = has_member & (sign * sign[partner] < 0)
-        rows = opposite.nonzero().squeeze(1)
-        if rows.numel():
-            pairs.append((rows, partner[rows]))
-    return pairs
+
+    rows: torch.Tensor
+    slot: torch.Tensor
+    group_starts: torch.Tensor
+    sign: torch.Tensor
+    group_size: int
+
+    @classmethod
+    def of(cls, groups: torch.Tensor, sign: torch.Tensor) -> GroupLayout:
+        rows = torch.argsort(groups, stable=True)
+        counts = torch.bincount(groups)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(rows)
+        rank[rows] = torch.arange(rows.numel(), device=rows.device) - starts[groups[rows]]
+        group_size = int(counts.max())
+        group_starts = torch.cat([starts, counts.sum().reshape(1)])
+        return cls(rows, groups * group_size + rank, group_starts, sign, group_size)
+
+    def conflicts(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Bool ``[B, K]``: the token equals the one in the same column of an opposite-sign group member.
+
+        Groups are processed in chunks whose grid holds at most ~2·B rows, so memory stays O(B·K)
+        even when group sizes are uneven; time O(G_max·B·K).
+        """
+        n_groups, size = self.group_starts.numel() - 1, self.group_size
+        if tokens.numel() and int(tokens.max()) < 2**31 and int(tokens.min()) >= -(2**31):
+            tokens = tokens.to(torch.int32)  # halves the memory traffic of the comparisons
+        conflict = torch.zeros(valid.shape, dtype=torch.bool, device=valid.device)
+        chunk = max(1, 2 * self.rows.numel() // size)
+        for first in range(0, n_groups, chunk):
+            last = min(first + chunk, n_groups)
+            rows = self.rows[int(self.group_starts[first]) : int(self.group_starts[last])]
+            slots = self.slot[rows] - first * size
+            cells = (last - first) * size
+            grid_tokens = tokens.new_zeros((cells, tokens.shape[1]))
+            grid_tokens[slots] = tokens[rows]
+            grid_valid = valid.new_zeros((cells, valid.shape[1]))
+            grid_valid[slots] = valid[rows]
+            grid_sign = self.sign.new_zeros(cells)
+            grid_sign[slots] = self.sign[rows]
+            found = _grid_conflicts(grid_tokens.view(last - first, size, -1), grid_valid.view(last - first, size, -1),
+                                    grid_sign.view(last - first, size, 1))
+            conflict[rows] = found.view(cells, -1)[slots]
+        return conflict
 
 
-def _conflicts_in_window(
-    tokens: torch.Tensor, valid: torch.Tensor, sign: torch.Tensor, partners: list[tuple[torch.Tensor, torch.Tensor]]
-) -> torch.Tensor:
-    """Bool ``[B, K]``: the token matches the same column of an opposite-sign group member."""
-    conflict = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
-    for rows, partner in partners:
-        matches = (tokens[rows] == tokens[partner]) & valid[partner]
-        conflict[rows] |= matches
-    return conflict & valid & (sign != 0)[:, None]
+def _grid_conflicts(tokens: torch.Tensor, valid: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Conflicts inside ``[groups, G, K]`` grids: member j is compared with every member at once."""
+    found = torch.zeros_like(valid)
+    for j in range(tokens.shape[1]):
+        opposite = sign * sign[:, j : j + 1] < 0  # [groups, G, 1]
+        if not bool(opposite.any()):
+            continue
+        match = tokens == tokens[:, j : j + 1]
+        match &= valid[:, j : j + 1]
+        match &= opposite
+        found |= match
+    return found & valid
 
 
-def _leading_run(window, sign, partners, lengths: torch.Tensor, length: int) -> torch.Tensor:
+def _leading_run(window, layout: GroupLayout, lengths: torch.Tensor, length: int) -> torch.Tensor:
     """Length of each row's unbroken run of conflicts from column 0 of ``window(k)``.
 
     The window doubles while some row's run fills it and the row is longer than the window.
@@ -183,7 +220,7 @@ def _leading_run(window, sign, partners, lengths: torch.Tensor, length: int) -> 
     width = min(_FIRST_WINDOW, length)
     while True:
         tokens, valid = window(width)
-        conflict = _conflicts_in_window(tokens, valid, sign, partners)
+        conflict = layout.conflicts(tokens, valid)
         run = torch.cumprod(conflict.to(torch.int32), dim=1).sum(dim=1)
         if width >= length or not bool(((run == width) & (lengths > width)).any()):
             return run

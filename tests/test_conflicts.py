@@ -163,3 +163,18 @@ def test_row_order_does_not_matter(groups_, rnd):
     shuffled = Batch([batch.completions[i] for i in order], [batch.groups[i] for i in order],
                      batch.scores, [batch.entropies[i] for i in order])
     assert torch.equal(weights(shuffled, advantages[order]), lam[order])
+
+
+@pytest.mark.parametrize("mode", ["prefix_suffix", "any"])
+def test_uneven_group_sizes_are_processed_in_chunks(mode):
+    # One group of 24 beside 40 singletons and pairs: the [groups, G_max] grid is split into several chunks.
+    rng = random.Random(7)
+    completions, groups = [], []
+    for g, size in enumerate([24] + [1, 2] * 20):
+        for _ in range(size):
+            completions.append([rng.randint(1, 2) for _ in range(rng.randint(0, 5))])
+            groups.append(f"g{g}")
+    advantages = [rng.choice([-1.0, 0.0, 1.0]) for _ in completions]
+    batch = Batch(completions, groups, [0.0] * len(groups), [[0.0] * len(c) for c in completions])
+    lam = weights(batch, torch.tensor(advantages), mode=mode)
+    assert unpad(lam, batch) == naive_conflict_weights(completions, groups, advantages, 2.0, mode)
