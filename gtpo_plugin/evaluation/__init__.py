@@ -5,10 +5,19 @@ Imports neither verl nor math-verify: answer equivalence (:func:`answers_match`,
 """
 
 from gtpo_plugin.evaluation.answers import answers_match, extract_answer, is_well_formatted, normalize_answer
+from gtpo_plugin.evaluation.metrics import maj_at_k, majority_vote, pass_at_k
+from gtpo_plugin.evaluation.scoring import SampleRecord, read_samples, score_files, score_records
 
 __all__ = [
+    "SampleRecord",
     "answers_match",
     "extract_answer",
     "is_well_formatted",
+    "maj_at_k",
+    "majority_vote",
     "normalize_answer",
+    "pass_at_k",
+    "read_samples",
+    "score_files",
+    "score_records",
 ]

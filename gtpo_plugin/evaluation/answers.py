@@ -42,7 +42,7 @@ _ANSWER_BLOCK = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL)
 _WELL_FORMED = re.compile(
     r"\s*<reasoning>(?P<reasoning>.*?)</reasoning>\s*<answer>(?P<answer>.*?)</answer>\s*", re.DOTALL
 )
-_LATEX_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed")
+_LATEX_DELIMITED = re.compile(r"(?<!\\)\$|\\\(|\\\[|\\boxed")  # an escaped \$ is a dollar sign
 _LATEX_MARKUP = re.compile(r"[\\^{}_]")
 _WORD = re.compile(r"[A-Za-z]{2,}")
 _DIGIT_GROUP_SPACE = re.compile(r"(?<=\d) (?=\d{3}(?:\D|$))")
@@ -155,9 +155,9 @@ def _parse_cached(text: str, timeout: int | None) -> tuple[Any, ...]:
     if _LATEX_DELIMITED.search(text):
         attempts = [(text, latex_first)]
     elif _WORD.search(text) and not _LATEX_MARKUP.search(text):
-        # Prose such as "18 dollars": read as an expression first, so the words are not multiplied
-        # in as symbols.
-        attempts = [(text, expr_first), (f"${text}$", latex_first)]
+        # Prose such as "18 dollars" or "blue": only numbers are read from it; as LaTeX its words
+        # would become products of symbols (b*l*u*e).
+        attempts = [(text, expr_first)]
     else:
         # Bare LaTeX or numbers such as "\frac{1}{2}", "2^{1/2}", "(1, 2)": math-verify only reads
         # LaTeX between delimiters.

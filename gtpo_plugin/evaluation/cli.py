@@ -32,11 +32,17 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gtpo-eval", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="gtpo-eval", description="Score generated samples and compare scored runs, as in the GTPO paper."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    score = commands.add_parser("score", help="score samples files: accuracy, format, pass@k, maj@k per dataset")
-    score.add_argument("samples", nargs="+", type=Path, help="verl generation parquet or JSONL samples file(s)")
+    score = commands.add_parser(
+        "score", help="score samples files: accuracy, format, pass@k, maj@k per dataset"
+    )
+    score.add_argument(
+        "samples", nargs="+", type=Path, help="verl generation parquet or JSONL samples file(s)"
+    )
     score.add_argument(
         "--k", nargs="+", type=_positive_int, default=None,
         help="k values for pass@k and maj@k (default: powers of two up to n, and n)",

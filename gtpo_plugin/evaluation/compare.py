@@ -27,7 +27,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: expected a scores object written by 'gtpo-eval score'")
     for key, kind in (("label", str), ("metrics", list), ("datasets", dict)):
         if not isinstance(report.get(key), kind):
-            raise ValueError(f"{path}: missing or malformed {key!r}; is this a file written by 'gtpo-eval score'?")
+            raise ValueError(
+                f"{path}: missing or malformed {key!r}; is this a file written by 'gtpo-eval score'?"
+            )
     if not report["datasets"]:
         raise ValueError(f"{path}: no datasets in this scores file")
     return report

@@ -40,6 +40,7 @@ __all__ = [
     "read_samples",
     "report_table",
     "score_files",
+    "score_prompt",
     "score_records",
     "write_scores",
 ]
@@ -93,7 +94,8 @@ def _read_jsonl(path: Path) -> Iterable[SampleRecord]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{location}: not valid JSON ({error.msg} at column {error.colno})") from None
+                message = f"{location}: not valid JSON ({error.msg} at column {error.colno})"
+                raise ValueError(message) from None
             yield _to_record(row, location, default_dataset=path.stem)
 
 
@@ -101,7 +103,9 @@ def _read_parquet(path: Path) -> Iterable[SampleRecord]:
     try:
         import pandas as pd
     except ImportError as error:
-        raise ImportError("reading parquet samples needs pandas and pyarrow: pip install pandas pyarrow") from error
+        raise ImportError(
+            "reading parquet samples needs pandas and pyarrow: pip install pandas pyarrow"
+        ) from error
     frame = pd.read_parquet(path)
     for number, row in enumerate(frame.to_dict("records"), start=1):
         yield _to_record(_plain(row), f"{path}: row {number}", default_dataset=path.stem)
@@ -290,7 +294,9 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = []
     for line_number, row in enumerate([header, *rows]):
-        cells = [str(cell).ljust(widths[0]) if i == 0 else str(cell).rjust(widths[i]) for i, cell in enumerate(row)]
+        cells = [
+            str(cell).ljust(widths[0]) if i == 0 else str(cell).rjust(widths[i]) for i, cell in enumerate(row)
+        ]
         lines.append("  ".join(cells))
         if line_number == 0:
             lines.append("  ".join("-" * width for width in widths))
@@ -301,7 +307,12 @@ def report_table(report: Mapping[str, Any]) -> str:
     """The report as a table, metrics in percent."""
     header = ["dataset", "prompts", "samples", *report["metrics"]]
     rows = [
-        [name, str(values["prompts"]), str(values["samples"]), *(f"{100 * values[m]:.1f}" for m in report["metrics"])]
+        [
+            name,
+            str(values["prompts"]),
+            str(values["samples"]),
+            *(f"{100 * values[metric]:.1f}" for metric in report["metrics"]),
+        ]
         for name, values in report["datasets"].items()
     ]
     return format_table(header, rows)
