@@ -1,0 +1,78 @@
+"""Loading the adapter: verl's entry point, the loud alternative, the version check, the installed hooks."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+verl = pytest.importorskip("verl")
+import gtpo_plugin.verl_adapter as adapter  # noqa: E402
+from gtpo_plugin.verl_adapter import trainer_hooks  # noqa: E402
+
+ISSUE_COMMAND = ("import verl; from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn; "
+                 "get_adv_estimator_fn('gtpo'); get_policy_loss_fn('gtpo')")
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("VERL_USE_EXTERNAL")}
+    environment.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
+                          cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
+
+
+def test_plain_import_of_verl_registers_gtpo_through_the_entry_point():
+    result = run_python(ISSUE_COMMAND)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_verl_use_external_modules_loads_the_adapter_without_entry_points():
+    result = run_python(ISSUE_COMMAND, VERL_USE_EXTERNAL_PLUGINS="none",
+                        VERL_USE_EXTERNAL_MODULES="gtpo_plugin.verl_adapter")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("version", ["0.9.0", "0.9.2", "0.10.0.dev0"])
+def test_unsupported_verl_versions_are_refused_naming_the_supported_ones(version):
+    with pytest.raises(ImportError, match=rf"supports verl 0\.9\.1 only, found verl {version}"):
+        adapter.check_verl_version(version)
+
+
+def test_a_failed_load_is_logged_at_warning_level_and_raised(monkeypatch, caplog):
+    monkeypatch.setattr(verl, "__version__", "0.8.5")
+    with caplog.at_level(logging.WARNING, logger="gtpo_plugin"), pytest.raises(ImportError, match="found verl 0.8.5"):
+        importlib.reload(adapter)
+    assert "failed to load" in caplog.text and "VERL_USE_EXTERNAL_MODULES=gtpo_plugin.verl_adapter" in caplog.text
+    monkeypatch.undo()
+    importlib.reload(adapter)  # back to a loaded adapter for the other tests
+
+
+def test_hooks_wrap_verls_functions_once():
+    from verl.trainer.ppo import ray_trainer
+    from verl.trainer.ppo.v1 import utils as v1_utils
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    hooked = [getattr(PPOTrainer, name) for name in
+              ("__init__", "_compute_advantage", "_save_checkpoint", "_load_checkpoint")]
+    hooked += [ray_trainer.compute_advantage, ray_trainer.RayPPOTrainer.__init__]
+    trainer_hooks.install()  # a second install changes nothing
+    assert hooked[:4] == [getattr(PPOTrainer, name) for name in
+                          ("__init__", "_compute_advantage", "_save_checkpoint", "_load_checkpoint")]
+    assert hooked[4:] == [ray_trainer.compute_advantage, ray_trainer.RayPPOTrainer.__init__]
+    assert v1_utils.compute_advantage is ray_trainer.compute_advantage
+    for function in hooked:
+        assert getattr(function, "__gtpo_hook__", False)
+        assert not getattr(function.__wrapped__, "__gtpo_hook__", False)  # wraps verl's own function
+
+
+def test_fsdp_and_megatron_engines_share_the_loss_the_policy_loss_tests_call():
+    importlib.import_module("verl.workers.engine.megatron")  # megatron-core installed: the engine imports
+    importlib.import_module("verl.workers.engine.fsdp")
+    from verl.workers import engine_workers
+    from verl.workers.utils import losses
+
+    assert engine_workers.ppo_loss is losses.ppo_loss  # ActorRolloutRefWorker wires it for every strategy

@@ -1,0 +1,373 @@
+"""GTPO inside verl's real trainers, on CPU: start-up checks, the v1 advantage stage over a real
+TransferQueue (sync, colocate_async and separate_async trainers), metrics, checkpoint resume, and
+the legacy trainer's refusal.
+
+verl's trainer methods run unmodified; only the GPU workers are replaced by small stand-ins that
+write to TransferQueue what verl's engine writes (``compute_log_prob``) or record checkpoint calls.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from gtpo_plugin import compute_gtpo_advantage, compute_gtpo_terms, gtpo_metrics, mean_completion_entropy
+
+verl = pytest.importorskip("verl")
+import ray  # noqa: E402
+import transfer_queue as tq  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from tensordict import TensorDict  # noqa: E402
+from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
+from transfer_queue import KVBatchMeta  # noqa: E402
+from verl import DataProto  # noqa: E402
+from verl.trainer.ppo.ray_trainer import RayPPOTrainer, compute_advantage  # noqa: E402
+from verl.trainer.ppo.utils import need_critic, need_reference_policy  # noqa: E402
+from verl.trainer.ppo.v1 import (  # noqa: E402
+    PPOTrainer,
+    PPOTrainerColocateAsync,
+    PPOTrainerSeparateAsync,
+    PPOTrainerSync,
+)
+from verl.trainer.ppo.v1.utils import MetricsAggregator  # noqa: E402
+from verl.utils.config import validate_config  # noqa: E402
+from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
+from verl.utils.tracking import Tracking  # noqa: E402
+
+CONFIG_DIR = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+RECIPE = [  # the settings the README asks a user to change, plus what verl's validation needs on its own
+    "algorithm.adv_estimator=gtpo",
+    "actor_rollout_ref.actor.policy_loss.loss_mode=gtpo",
+    "actor_rollout_ref.actor.use_kl_loss=false",
+    "algorithm.use_kl_in_reward=false",
+    "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
+    "actor_rollout_ref.rollout.n=2",
+    "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+    "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+]
+SEPARATE_ASYNC = [
+    "trainer.v1.trainer_mode=separate_async", "trainer.v1.separate_async.parameter_sync_step=1",
+    "data.train_batch_size=16", "actor_rollout_ref.actor.ppo_mini_batch_size=16",
+    "actor_rollout_ref.rollout.nnodes=1", "actor_rollout_ref.rollout.n_gpus_per_node=1",
+    "actor_rollout_ref.rollout.checkpoint_engine.backend=nccl",
+]
+TRAINERS = {"sync": (PPOTrainerSync, []), "colocate_async": (PPOTrainerColocateAsync,
+            ["trainer.v1.trainer_mode=colocate_async"]), "separate_async": (PPOTrainerSeparateAsync, SEPARATE_ASYNC)}
+METRIC_KEYS = {"gtpo/protected_token_frac", "gtpo/amplified_token_frac", "gtpo/filtered_completion_frac",
+               "gtpo/mean_completion_entropy", "gtpo/initial_entropy"}
+
+
+def verl_config(*overrides: str, name: str = "ppo_trainer"):
+    """verl's own Hydra config (ppo_trainer.yaml or ppo_megatron_trainer.yaml), composed with overrides."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose(name, overrides=[*RECIPE, *overrides])
+
+
+# ----------------------------------------------------------------------------------------------- start-up
+
+
+@pytest.mark.parametrize("name", ["ppo_trainer", "ppo_megatron_trainer"])
+def test_recipe_settings_pass_verls_validation_and_load_no_reference_model(name):
+    config = verl_config(name=name)
+    assert need_reference_policy(config) is False
+    validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    trainer = PPOTrainerSync(config)
+    assert trainer.use_reference_policy is False and trainer.use_critic is False
+
+
+def test_start_up_completes_the_gtpo_section_so_the_logged_config_shows_it():
+    config = verl_config("+algorithm.gtpo.entropy_coef=0.05", "+algorithm.gtpo.conflict_mode=any")
+    PPOTrainerSync(config)
+    assert OmegaConf.to_container(config.algorithm.gtpo) == {
+        "amplification": 2.0, "entropy_coef": 0.05, "entropy_threshold": pytest.approx(np.log(2)),
+        "conflict_mode": "any", "initial_entropy": None}
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+algorithm.gtpo.conflict_mode=suffix", "invalid algorithm.gtpo: conflict_mode must be one of"),
+    ("+algorithm.gtpo.entropy_coef=-0.1", "invalid algorithm.gtpo: gtpo.entropy_coef must be >= 0"),
+    ("+algorithm.gtpo.amplification=0.5", "invalid algorithm.gtpo: amplification must be"),
+    ("+algorithm.gtpo.entropy_threshold=0", "invalid algorithm.gtpo: gtpo.entropy_threshold must be > 0"),
+    ("+algorithm.gtpo.initial_entropy=-1", "invalid algorithm.gtpo: initial_entropy must be"),
+    ("+algorithm.gtpo.typo=1", "unknown key"),
+    ("algorithm.rollout_correction.bypass_mode=true", "bypass_mode=true skips that pass"),
+    ("algorithm.rollout_correction.rollout_rs=token_k1", "masks single tokens inside completions"),
+])
+@pytest.mark.parametrize("trainer", sorted(TRAINERS))
+def test_bad_settings_stop_every_v1_trainer_at_start_up(trainer, override, message):
+    cls, extra = TRAINERS[trainer]
+    with pytest.raises(ValueError, match=message):
+        cls(verl_config(*extra, override))
+
+
+def test_a_kl_term_is_allowed_with_a_warning(caplog):
+    config = verl_config("actor_rollout_ref.actor.use_kl_loss=true")
+    with caplog.at_level(logging.WARNING, logger="gtpo_plugin"):
+        trainer = PPOTrainerSync(config)
+    assert "GTPO needs no reference model" in caplog.text
+    assert trainer.use_reference_policy is True
+
+
+def test_other_estimators_start_untouched():
+    config = verl_config("algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla")
+    PPOTrainerSync(config)
+    assert "gtpo" not in config.algorithm
+
+
+def test_legacy_trainer_stops_with_gtpo_and_says_to_use_v1():
+    with pytest.raises(ValueError, match="set trainer.use_v1=true"):
+        RayPPOTrainer(config=verl_config("trainer.use_v1=false"), tokenizer=None, role_worker_mapping={},
+                      resource_pool_manager=None)
+
+
+# ------------------------------------------------------------------------- v1 advantage stage (TransferQueue)
+
+
+@pytest.fixture(scope="module")
+def transfer_queue():
+    """verl's TransferQueue, in-process on a local Ray (controller and one storage unit)."""
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
+    yield tq
+    tq.close()
+    if started:
+        ray.shutdown()
+
+
+class Rollouts:
+    """Completions put into TransferQueue as verl's agent loop puts them (key ``{uid}_{session}_0``)."""
+
+    def __init__(self, seed: int, groups: int = 3, size: int = 2):
+        rng = np.random.default_rng(seed)
+        self.rows = []
+        for _ in range(groups):
+            uid, shared = str(uuid.uuid4()), rng.integers(1, 4, size=2).tolist()
+            for session in range(size):
+                response = shared + rng.integers(1, 4, size=int(rng.integers(0, 5))).tolist()
+                self.rows.append({
+                    "key": f"{uid}_{session}_0", "uid": uid, "prompt": rng.integers(10, 20, size=3).tolist(),
+                    "response": response, "score": float(rng.integers(0, 2)),
+                    "entropy": rng.uniform(0.05, 1.0, size=len(response)).tolist(),
+                })
+        self.keys = [row["key"] for row in self.rows]
+
+    def put(self) -> KVBatchMeta:
+        fields, tags = [], []
+        for row in self.rows:
+            length = len(row["response"])
+            scores = torch.zeros(length)
+            scores[-1] = row["score"]
+            fields.append({"uid": row["uid"], "prompts": torch.tensor(row["prompt"]),
+                           "responses": torch.tensor(row["response"]),
+                           "response_mask": torch.ones(length, dtype=torch.int64), "rm_scores": scores,
+                           "rollout_log_probs": torch.full((length,), -0.5)})
+            tags.append({"status": "success", "prompt_len": 3, "response_len": length, "seq_len": 3 + length})
+        return tq.kv_batch_put(keys=self.keys, partition_id="train", fields=list_of_dict_to_tensordict(fields),
+                               tags=tags)
+
+    def padded(self):
+        width = max(len(row["response"]) for row in self.rows)
+        pad = [width - len(row["response"]) for row in self.rows]
+        responses = torch.tensor([row["response"] + [0] * p for row, p in zip(self.rows, pad, strict=True)])
+        mask = torch.tensor([[1] * len(row["response"]) + [0] * p for row, p in zip(self.rows, pad, strict=True)])
+        entropy = torch.tensor([row["entropy"] + [0.0] * p for row, p in zip(self.rows, pad, strict=True)])
+        rewards = torch.zeros(mask.shape)
+        rewards[torch.arange(len(self.rows)), mask.sum(1) - 1] = torch.tensor([row["score"] for row in self.rows])
+        return responses, mask, rewards, entropy, np.array([row["uid"] for row in self.rows], dtype=object)
+
+
+class OldPolicyWorkers:
+    """Stands in for the actor's ``compute_log_prob``: writes ``log_probs`` and ``entropy`` over prompt+response
+    tokens (left-shifted by one, verl's layout) to TransferQueue, and records what verl asked for."""
+
+    def __init__(self, rollouts: Rollouts):
+        self.rollouts = rollouts
+        self.extra_info: dict = {}
+
+    def compute_log_prob(self, batch: KVBatchMeta) -> KVBatchMeta:
+        self.extra_info = dict(batch.extra_info)
+        rows = {row["key"]: row for row in self.rollouts.rows}
+        log_probs, entropy = [], []
+        for key in batch.keys:
+            response = torch.tensor(rows[key]["entropy"])
+            log_probs.append(torch.cat([torch.zeros(2), torch.full(response.shape, -0.4), torch.zeros(1)]))
+            entropy.append(torch.cat([torch.zeros(2), response, torch.zeros(1)]))
+
+        def nested(rows_):
+            return torch.nested.as_nested_tensor(rows_, layout=torch.jagged)
+
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
+                        fields=TensorDict({"log_probs": nested(log_probs), "entropy": nested(entropy)},
+                                          batch_size=len(batch)))
+        return batch
+
+    # separate_async keeps pi_old in CPU memory between mini-batches; nothing to keep here
+    def save_model_to_cpu(self, index):
+        pass
+
+    def restore_model_from_cpu(self, index):
+        pass
+
+    def clear_cpu_model(self, index):
+        pass
+
+
+def advantages_in_queue(keys) -> torch.Tensor:
+    return tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["advantages"])["advantages"] \
+        .to_padded_tensor(0.0)
+
+
+@pytest.mark.parametrize("trainer", sorted(TRAINERS))
+def test_v1_advantage_stage_gives_gtpo_its_fields_and_logs_its_metrics(transfer_queue, trainer):
+    cls, extra = TRAINERS[trainer]
+    config = verl_config(*extra)
+    assert config.actor_rollout_ref.actor.entropy_coeff == 0 and not config.actor_rollout_ref.actor.calculate_entropy
+    rollouts = Rollouts(seed=len(trainer))
+    trainer_ = cls(config)
+    trainer_.actor_rollout_wg = workers = OldPolicyWorkers(rollouts)
+    metrics: dict = {}
+
+    batch = trainer_._compute_old_log_prob(rollouts.put(), metrics)
+    # verl asks the engine for the entropy in this pass even with entropy_coeff = 0 and calculate_entropy = false
+    assert workers.extra_info["calculate_entropy"] is True
+    trainer_._compute_advantage(batch, metrics)
+
+    responses, mask, rewards, entropy, uid = rollouts.padded()
+    measured = mean_completion_entropy(entropy, mask)
+    assert config.algorithm.gtpo.initial_entropy == pytest.approx(measured)
+    expected, _ = compute_gtpo_advantage(rewards, mask, responses, uid, entropy, initial_entropy=measured)
+    torch.testing.assert_close(advantages_in_queue(rollouts.keys), expected, rtol=0, atol=1e-6)
+    terms = compute_gtpo_terms(rewards, mask, responses, uid, entropy, initial_entropy=measured)
+    assert {key: metrics[key] for key in METRIC_KEYS} == pytest.approx(gtpo_metrics(terms))
+    tq.kv_clear(keys=rollouts.keys, partition_id="train")
+
+
+def test_gtpo_metrics_reach_verls_logger_once_per_step(transfer_queue, capsys):
+    # One step of a trainer with parameter_sync_step = 2: two advantage stages, metrics aggregated by verl's
+    # MetricsAggregator (PPOTrainer.step), then one Tracking.log call (PPOTrainer.fit) to the chosen backends.
+    config = verl_config()
+    trainer = PPOTrainerSync(config)
+    aggregator = MetricsAggregator()
+    for seed in (1, 2):
+        rollouts = Rollouts(seed)
+        trainer.actor_rollout_wg = OldPolicyWorkers(rollouts)
+        metrics: dict = {}
+        trainer._compute_advantage(trainer._compute_old_log_prob(rollouts.put(), metrics), metrics)
+        aggregator.add_step_metrics(metrics, sample_count=len(rollouts.keys))
+        tq.kv_clear(keys=rollouts.keys, partition_id="train")
+    step_metrics = aggregator.get_aggregated_metrics()
+    assert set(step_metrics) >= METRIC_KEYS
+    Tracking(project_name="gtpo", experiment_name="test", default_backend=["console"]).log(step_metrics, step=1)
+    printed = capsys.readouterr().out
+    assert all(printed.count(key) == 1 for key in METRIC_KEYS)
+
+
+def test_other_estimators_skip_the_hook(transfer_queue):
+    rollouts = Rollouts(seed=5)
+    trainer = PPOTrainerSync(verl_config("algorithm.adv_estimator=grpo"))
+    trainer.actor_rollout_wg = OldPolicyWorkers(rollouts)
+    metrics: dict = {}
+    trainer._compute_advantage(trainer._compute_old_log_prob(rollouts.put(), metrics), metrics)
+    assert not METRIC_KEYS & set(metrics)
+    responses, mask, rewards, entropy, uid = rollouts.padded()
+    grpo = compute_advantage(DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
+                                                 non_tensors={"uid": uid}), adv_estimator="grpo")
+    torch.testing.assert_close(advantages_in_queue(rollouts.keys), grpo.batch["advantages"], rtol=0, atol=1e-6)
+    tq.kv_clear(keys=rollouts.keys, partition_id="train")
+
+
+def test_several_outputs_per_agent_session_are_refused():
+    trainer = PPOTrainerSync(verl_config())
+    batch = KVBatchMeta(keys=["u_0_0", "u_0_1", "u_1_0"], tags=[{}, {}, {}], partition_id="train")
+    with pytest.raises(NotImplementedError, match="one output per agent-loop session"):
+        trainer._compute_advantage(batch, {})
+
+
+# ------------------------------------------------------------------------------------- checkpoint and resume
+
+
+class CheckpointWorkers:
+    """Stands in for the actor worker group's checkpoint calls."""
+
+    def __init__(self):
+        self.loaded: list[str] = []
+
+    def save_checkpoint(self, local_path, *args, **kwargs):
+        os.makedirs(local_path, exist_ok=True)
+
+    def load_checkpoint(self, local_path, *args, **kwargs):
+        self.loaded.append(local_path)
+
+
+def trainer_for_checkpoints(*overrides: str, mode: str = "sync") -> PPOTrainer:
+    cls, extra = TRAINERS[mode]
+    trainer = cls(verl_config(*extra, *overrides))
+    trainer.actor_rollout_wg = CheckpointWorkers()
+    trainer.train_dataloader = StatefulDataLoader(list(range(8)), batch_size=2)
+    return trainer
+
+
+def measure_initial_entropy(algorithm) -> float:
+    """Run verl's advantage stage once on a first batch, as the trainer does, so that ⟨H⟩_ini gets measured."""
+    responses, mask, rewards, entropy, uid = Rollouts(seed=7).padded()
+    data = DataProto.from_dict(tensors={"responses": responses, "response_mask": mask, "token_level_rewards": rewards,
+                                        "entropy": entropy}, non_tensors={"uid": uid})
+    compute_advantage(data, adv_estimator="gtpo", config=algorithm)
+    return mean_completion_entropy(entropy, mask)
+
+
+@pytest.mark.parametrize("mode", ["sync", "colocate_async"])
+def test_measured_initial_entropy_survives_a_resume(tmp_path, request, mode):
+    if mode != "sync":
+        request.getfixturevalue("transfer_queue")  # async trainers also checkpoint TransferQueue's state
+    directory = f"trainer.default_local_dir={tmp_path}"
+    trainer = trainer_for_checkpoints(directory, mode=mode)
+    measured = measure_initial_entropy(trainer.config.algorithm)
+    trainer.global_steps = 3
+    trainer._save_checkpoint()
+    assert json.loads((tmp_path / "global_step_3" / "gtpo_state.json").read_text()) == {
+        "initial_entropy": pytest.approx(measured)}
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "3"
+
+    for resume in (["trainer.resume_mode=auto"],
+                   ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={tmp_path}/global_step_3"]):
+        resumed = trainer_for_checkpoints(directory, *resume, mode=mode)
+        assert resumed.config.algorithm.gtpo.initial_entropy is None
+        resumed._load_checkpoint()
+        assert resumed.global_steps == 3
+        assert resumed.actor_rollout_wg.loaded == [os.path.join(tmp_path, "global_step_3", "actor")]
+        assert resumed.config.algorithm.gtpo.initial_entropy == pytest.approx(measured)
+
+
+def test_resume_keeps_an_explicit_initial_entropy_and_warns_when_it_differs(tmp_path, caplog):
+    trainer = trainer_for_checkpoints(f"trainer.default_local_dir={tmp_path}")
+    measure_initial_entropy(trainer.config.algorithm)
+    trainer.global_steps = 2
+    trainer._save_checkpoint()
+    resumed = trainer_for_checkpoints(f"trainer.default_local_dir={tmp_path}", "+algorithm.gtpo.initial_entropy=1.5")
+    with caplog.at_level(logging.WARNING, logger="gtpo_plugin"):
+        resumed._load_checkpoint()
+    assert resumed.config.algorithm.gtpo.initial_entropy == 1.5
+    assert "keeping the configured value" in caplog.text
+
+
+def test_resume_from_a_checkpoint_without_gtpo_state_measures_again(tmp_path, caplog):
+    trainer = trainer_for_checkpoints(f"trainer.default_local_dir={tmp_path}", "algorithm.adv_estimator=grpo")
+    trainer.global_steps = 4
+    trainer._save_checkpoint()  # a GRPO run: no GTPO state written
+    assert not (tmp_path / "global_step_4" / "gtpo_state.json").exists()
+    resumed = trainer_for_checkpoints(f"trainer.default_local_dir={tmp_path}")
+    with caplog.at_level(logging.WARNING, logger="gtpo_plugin"):
+        resumed._load_checkpoint()
+    assert resumed.global_steps == 4
+    assert resumed.config.algorithm.gtpo.initial_entropy is None
+    assert "will be measured on the first batch after resume" in caplog.text
