@@ -21,7 +21,6 @@ def build_model(vocab_size: int, seed: int, *, hidden_size: int = 128, layers: i
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
-        attn_implementation="eager",
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

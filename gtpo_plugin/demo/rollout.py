@@ -32,9 +32,11 @@ def sample(
     eos_id: int,
     pad_id: int,
     max_new_tokens: int,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
 ) -> list[list[int]]:
     """Sample one completion per prompt row at temperature 1, each ending at ``<eos>`` or ``max_new_tokens``.
+
+    ``generator=None`` decodes greedily (the most likely token) instead, for evaluation.
 
     Recomputes the whole (short) sequence at every step instead of caching keys and values: for a
     model this size it is as fast and keeps the forward identical to the training one. Sampling
@@ -45,8 +47,11 @@ def sample(
     done = torch.zeros(batch, dtype=torch.bool, device=prompts.device)
     rows: list[list[int]] = [[] for _ in range(batch)]
     for _ in range(max_new_tokens):
-        probs = torch.softmax(next_token_logits(model, ids, mask)[:, -1].float(), dim=-1).cpu()
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        logits = next_token_logits(model, ids, mask)[:, -1].float().cpu()
+        if generator is None:
+            tokens = logits.argmax(dim=-1)
+        else:
+            tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
         for i in torch.nonzero(~done.cpu()).flatten().tolist():
             rows[i].append(int(tokens[i]))
         tokens = torch.where(done.cpu(), pad_id, tokens).to(prompts.device)
@@ -87,6 +92,7 @@ def rollout(
     responses, response_mask = responses.to(device), response_mask.to(device)
     with torch.no_grad():
         old_log_probs, entropy = response_log_probs(model, prompt_ids, prompt_mask, responses, with_entropy=True)
+    assert entropy is not None
     model.train(was_training)
 
     grades = [grade(vocab.decode(row), problem) for row, problem in zip(rows, repeated, strict=True)]

@@ -93,13 +93,19 @@ def algorithm_config(algorithm: Algorithm, settings: RLSettings) -> DictConfig:
         "use_kl_in_reward": False,
         "gamma": 1.0,
         "lam": 1.0,
-        "gtpo": dict(settings.gtpo),
+        "gtpo": {**settings.gtpo, "initial_entropy": None},
     })
 
 
 def compute_advantages(data: DataProto, algorithm: Algorithm, config: DictConfig) -> DataProto:
-    """verl's ``compute_advantage`` on the batch; adds ``advantages`` and ``returns``."""
-    return ray_trainer.compute_advantage(
+    """verl's ``compute_advantage`` on the batch; adds ``advantages`` and ``returns``.
+
+    Looked up on the module at call time: the plugin wraps it when ``import verl`` loads the adapter.
+    verl's own trainers pass a plain string and a ``DictConfig`` here, as this does; its annotations
+    (``AdvantageEstimator``, ``AlgoConfig``) are narrower than what it accepts.
+    """
+    compute: Any = ray_trainer.compute_advantage
+    return compute(
         data,
         adv_estimator=algorithm.adv_estimator,
         norm_adv_by_std_in_grpo=config.norm_adv_by_std_in_grpo,
@@ -119,6 +125,7 @@ class Diagnostics:
 
 
 def diagnose(data: DataProto, settings: RLSettings, initial_entropy: float) -> Diagnostics:
+    """λ (from the signs of GRPO's A_i) and the ``gtpo/*`` metrics of a batch, with the run's ⟨H⟩_ini."""
     knobs = {k: v for k, v in settings.gtpo.items() if k != "initial_entropy"}
     batch = data.batch
     terms = compute_gtpo_terms(
@@ -169,7 +176,8 @@ def update_policy(
         optimizer.step()
         assert log_prob.grad is not None
         protected_grad += float(log_prob.grad[protected[chunk_rows]].abs().sum())
-        for key, value in {**metrics, "actor/pg_loss": float(loss.detach()), "actor/grad_norm": float(grad_norm)}.items():
+        metrics = {**metrics, "actor/pg_loss": float(loss.detach()), "actor/grad_norm": float(grad_norm)}
+        for key, value in metrics.items():
             totals[key] = totals.get(key, 0.0) + float(value) / mini_batches
     totals["demo/protected_grad_abs"] = protected_grad
     return totals
@@ -200,7 +208,8 @@ class Trainer:
         self.actor = actor_config(self.algorithm, self.settings)
         self.algo = algorithm_config(self.algorithm, self.settings)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=self.actor.optim.lr, betas=tuple(self.actor.optim.betas),
+            self.model.parameters(), lr=self.actor.optim.lr,
+            betas=(self.actor.optim.betas[0], self.actor.optim.betas[1]),
             weight_decay=self.actor.optim.weight_decay,
         )
         self.generator = torch.Generator().manual_seed(self.seed)
@@ -212,16 +221,21 @@ class Trainer:
                         max_new_tokens=self.settings.max_new_tokens, generator=self.generator,
                         step=self.step_index)
         data = batch.data
-        if self.initial_entropy is None:
-            # ⟨H⟩_ini as the spec defines it: the first batch, before any update. Used here for the
-            # diagnostics; the adapter measures its own for training.
-            self.initial_entropy = mean_completion_entropy(data.batch["entropy"], data.batch["response_mask"])
         data = compute_advantages(data, self.algorithm, self.algo)
         batch.data = data
+        if self.initial_entropy is None:
+            # ⟨H⟩_ini as the spec defines it: the first batch, before any update. For GTPO the adapter
+            # measured it and stored it in the algorithm config; for GRPO it is measured here the same
+            # way, only for the diagnostics.
+            stored = self.algo.gtpo.get("initial_entropy")
+            self.initial_entropy = float(stored) if stored is not None else mean_completion_entropy(
+                data.batch["entropy"], data.batch["response_mask"])
         diagnostics = diagnose(data, self.settings, self.initial_entropy)
         protected = (diagnostics.weights == 0) & data.batch["response_mask"].bool()
         update = update_policy(self.model, self.optimizer, data, self.actor, protected, self.settings.mini_batches)
-        metrics = {"step": float(self.step_index), **rollout_metrics(batch), **diagnostics.metrics, **update}
+        # For GTPO the adapter reports the same gtpo/* values it trained with; for GRPO they are diagnostic.
+        gtpo_values = {**diagnostics.metrics, **data.meta_info.get("gtpo_metrics", {})}
+        metrics = {"step": float(self.step_index), **rollout_metrics(batch), **gtpo_values, **update}
         return StepRecord(batch, diagnostics, metrics)
 
 

@@ -45,7 +45,9 @@ def pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return ids, mask
 
 
-def pad_right(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(
+    rows: Sequence[Sequence[int]], pad_id: int, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad id lists into ``(ids, mask)``, both LongTensor ``[B, width]`` (verl's response layout)."""
     width = max(len(row) for row in rows) if width is None else width
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

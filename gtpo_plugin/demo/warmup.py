@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -19,6 +21,7 @@ def warm_up(
     noise: float,
     lr: float,
     generator: torch.Generator,
+    on_step: Callable[[float], None] | None = None,
 ) -> list[float]:
     """Cross-entropy on noisy demonstrations (see ``noisy_demonstration``); returns the loss per step.
 
@@ -43,5 +46,7 @@ def warm_up(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(losses[-1])
     return losses
