@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# verl's built-in GRPO without its KL loss, the A/B twin of run_gtpo_fsdp.sh on GSM8K or MATH: verl's FSDP engine, vLLM rollouts, no KL term, no reference model.
+# Differs from run_gtpo_fsdp.sh only in the algorithm (recipes/config/grpo_no_kl.yaml vs gtpo.yaml).
+#
+# Launch, one node with 8 GPUs (data from scripts/prepare_data.py in $HOME/data/gtpo):
+#   bash recipes/run_grpo_no_kl_fsdp.sh
+# MATH with Llama-3.1-8B-Instruct on two nodes of a running Ray cluster (recipes/README.md):
+#   DATASET=math MODEL_PATH=meta-llama/Llama-3.1-8B-Instruct NNODES=2 bash recipes/run_grpo_no_kl_fsdp.sh
+# Print verl's resolved config and exit (no Ray, no GPU):
+#   DRY_RUN=1 bash recipes/run_grpo_no_kl_fsdp.sh
+# Settings are environment variables (recipes/common.sh lists them with their defaults); extra arguments are
+# Hydra overrides, e.g. actor_rollout_ref.rollout.n=12 (the paper's other group size).
+set -xeuo pipefail
+
+ALGORITHM=grpo_no_kl
+ENGINE=fsdp
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+python3 -m verl.trainer.main_ppo \
+    --config-path "$RECIPE_CONFIG_DIR" --config-name "$ALGORITHM" \
+    "${COMMON_ARGS[@]}" "${ENGINE_ARGS[@]}" "$@" "${DRY_RUN_ARGS[@]}"
