@@ -16,11 +16,9 @@ outside the tag does not count. Needs math-verify (the ``eval`` extra).
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
-from gtpo_plugin.evaluation.answers import answers_match, extract_answer, is_well_formatted
+from gtpo_plugin.evaluation.answers import answers_match, extract_answer, is_well_formatted, reference_text
 
 __all__ = ["compute_score"]
 
@@ -53,23 +51,8 @@ def compute_score(
     """
     if not isinstance(solution_str, str):
         raise TypeError(f"solution_str must be the decoded completion (str), got {type(solution_str).__name__}")
-    reference = _reference(ground_truth, data_source)
+    reference = reference_text(ground_truth, f"ground_truth (reward_model.ground_truth of a {data_source!r} row)")
     correct = answers_match(extract_answer(solution_str), reference)
     formatted = is_well_formatted(solution_str)
     score = correct and (formatted or not strict_format)
     return {"score": float(score), "acc": float(correct), "format": float(formatted)}
-
-
-def _reference(ground_truth: Any, data_source: str) -> str:
-    """The reference answer as a string; integral numbers print without ``.0``."""
-    if isinstance(ground_truth, str) and ground_truth.strip():
-        return ground_truth
-    if isinstance(ground_truth, numbers.Integral) and not isinstance(ground_truth, bool):
-        return str(int(ground_truth))
-    if isinstance(ground_truth, numbers.Real) and not isinstance(ground_truth, bool) and math.isfinite(ground_truth):
-        value = float(ground_truth)
-        return str(int(value)) if value.is_integer() else repr(value)
-    raise ValueError(
-        f"ground_truth (reward_model.ground_truth of a {data_source!r} row) must be a non-empty string or a finite "
-        f"number, got {ground_truth!r}"
-    )

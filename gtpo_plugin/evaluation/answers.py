@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import numbers
 import re
 import threading
 from typing import Any
@@ -202,3 +204,23 @@ def _string_key(text: str) -> str:
     key = _THOUSANDS.sub("", key)
     key = re.sub(r"\\[,!;: ]|\\left|\\right|\$|\s", "", key)
     return key.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").lower()
+
+
+def reference_text(reference: Any, location: str) -> str:
+    """A reference answer as a string; integral numbers (AMC answers stored as 27.0) print without '.0'.
+
+    Accepts strings and finite numbers, numpy's included; ``location`` starts the error message
+    (a file and line, or the field of a reward call).
+    """
+    if isinstance(reference, bool) or reference is None:
+        raise ValueError(f"{location}: missing 'reference' (the ground-truth answer, a string or number)")
+    if isinstance(reference, numbers.Integral):
+        return str(int(reference))
+    if isinstance(reference, numbers.Real):
+        value = float(reference)
+        if not math.isfinite(value):
+            raise ValueError(f"{location}: 'reference' must be finite, got {reference}")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(reference, str) and reference.strip():
+        return reference
+    raise ValueError(f"{location}: 'reference' must be a non-empty string or a number, got {reference!r}")

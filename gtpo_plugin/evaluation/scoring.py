@@ -19,14 +19,19 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gtpo_plugin.evaluation.answers import answers_match, extract_answer, is_well_formatted, normalize_answer
+from gtpo_plugin.evaluation.answers import (
+    answers_match,
+    extract_answer,
+    is_well_formatted,
+    normalize_answer,
+    reference_text,
+)
 from gtpo_plugin.evaluation.metrics import maj_at_k, pass_at_k
 
 logger = logging.getLogger(__name__)
@@ -152,25 +157,10 @@ def _to_record(row: Any, location: str, default_dataset: str) -> SampleRecord:
         raise ValueError(f"{location}: 'dataset' must be a non-empty string, got {dataset!r}")
     return SampleRecord(
         dataset=dataset,
-        reference=_reference_text(reference, location),
+        reference=reference_text(reference, location),
         completions=tuple(completions),
         location=location,
     )
-
-
-def _reference_text(reference: Any, location: str) -> str:
-    """The reference as a string; integral numbers (AMC answers stored as 27.0) print without '.0'."""
-    if isinstance(reference, bool) or reference is None:
-        raise ValueError(f"{location}: missing 'reference' (the ground-truth answer, a string or number)")
-    if isinstance(reference, int):
-        return str(reference)
-    if isinstance(reference, float):
-        if not math.isfinite(reference):
-            raise ValueError(f"{location}: 'reference' must be finite, got {reference}")
-        return str(int(reference)) if reference.is_integer() else repr(reference)
-    if isinstance(reference, str) and reference.strip():
-        return reference
-    raise ValueError(f"{location}: 'reference' must be a non-empty string or a number, got {reference!r}")
 
 
 def default_ks(records: Sequence[SampleRecord]) -> list[int]:
