@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,28 +32,92 @@ def check_token_ids(name: str, responses: Any) -> torch.Tensor:
 
 
 def check_response_mask(response_mask: Any, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a bool/int/float ``[B, L]`` mask into ``(bool mask, valid tokens per row)``, checking right-padding.
+    """Turn a bool/int/float ``[B, L]`` 0/1 mask into ``(bool mask, model tokens per row)``.
 
-    Valid tokens must form a leading block in every row (verl right-pads responses); a left-padded
-    or holed mask would misalign the suffix comparison, so it is refused. A row is a leading block
-    exactly when its count of valid tokens equals the column of its first padding slot.
-    Cost: three O(B·L) passes over 1-byte data.
+    1 marks the model's own tokens; 0 marks padding and, in multi-turn completions, the tool or
+    user tokens verl's agent loops place between the model's turns (holes). Any layout is accepted:
+    GTPO counts positions over the model's tokens (:class:`ModelPositions`), so a leading block, a
+    mask with holes and even a left-padded mask describe the same completion when they mark the
+    same tokens in the same order. What is still refused, because it means a wrong field was passed:
+    a tensor that is not 2-D or not shaped like ``responses``, a complex dtype, and any value other
+    than 0 or 1 (verl's masks are 0/1 ints; a weight, a NaN or a count is not a mask).
+    Cost: two O(B·L) passes over the mask (the value check and the count), none for a bool mask's check.
     """
     check_matrix("response_mask", response_mask, shape)
-    mask = response_mask if response_mask.dtype == torch.bool else response_mask != 0
-    flags = mask.view(torch.uint8)
-    lengths = flags.sum(dim=1, dtype=torch.int32).long()
-    if mask.shape[1] == 0:
-        return mask, lengths
-    first_padding = flags.argmin(dim=1)  # the first 0; 0 when the row is all ones
-    rows = torch.arange(mask.shape[0], device=mask.device)
-    block_end = torch.where(mask[rows, first_padding], mask.shape[1], first_padding)
-    if not bool(torch.equal(block_end, lengths)):
-        raise ValueError(
-            "response_mask must be right-padded: in every row the valid tokens must form a leading block "
-            "(1…1 0…0); found a valid token after padding (left-padded or holed mask)"
-        )
+    if response_mask.dtype.is_complex:
+        raise TypeError(f"response_mask must be bool, integer or float 0/1, got dtype {response_mask.dtype}")
+    if response_mask.dtype == torch.bool:
+        mask = response_mask
+    else:
+        if response_mask.numel() and not _only_zeros_and_ones(response_mask):
+            raise ValueError("response_mask must hold only 0 and 1 (1 on the model's own tokens, 0 on padding and "
+                             "tool or user tokens); found another value")
+        mask = response_mask != 0
+    lengths = mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
     return mask, lengths
+
+
+def _only_zeros_and_ones(values: torch.Tensor) -> bool:
+    """One pass (min and max) for integer tensors; floats also need an equality test (0.5, NaN)."""
+    if values.dtype.is_floating_point:
+        return bool(((values == 0) | (values == 1)).all())
+    low, high = torch.aminmax(values)
+    return bool(low >= 0) and bool(high <= 1)
+
+
+@dataclass
+class ModelPositions:
+    """Where each row's k-th model token (``response_mask`` = 1) sits among the response columns.
+
+    GTPO counts positions over the model's own tokens (GTPO_SPEC "Completions with tokens masked
+    inside"). When every row is a leading block the k-th model token is in column k and nothing is
+    stored (``columns is None``), so single-turn batches pay only the O(B·L) layout test. Otherwise
+    ``columns[i, k]`` is the column of row i's k-th model token for k < ``lengths[i]`` (0 beyond),
+    int64 ``[B, L]``: built in O(B·L) time and memory by a cumulative sum and one scatter.
+    """
+
+    lengths: torch.Tensor
+    columns: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, lengths: torch.Tensor) -> ModelPositions:
+        """Positions of a checked bool ``mask`` ``[B, L]`` with its ``lengths`` ``[B]``."""
+        if is_leading_block(mask, lengths):
+            return cls(lengths)
+        batch_size, width = mask.shape
+        rank = torch.cumsum(mask, dim=1, dtype=torch.int64) - 1  # k of the model token in each column
+        slots = torch.where(mask, rank, width)  # every other column goes to a discarded extra slot
+        columns = torch.zeros(batch_size, width + 1, dtype=torch.int64, device=mask.device)
+        columns.scatter_(1, slots, torch.arange(width, device=mask.device).expand(batch_size, width))
+        return cls(lengths, columns[:, :width])
+
+    def take(self, tensor: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``[B, K]``: entry ``[i, j]`` of ``tensor`` at the column of row i's model token ``positions[i, j]``.
+
+        ``positions`` is ``[B, K]`` or ``[1, K]`` (the same positions for every row).
+        """
+        positions = positions.expand(tensor.shape[0], -1)
+        if self.columns is not None:
+            positions = self.columns.gather(1, positions)
+        return tensor.gather(1, positions)
+
+    def column(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Columns of the model tokens at ``positions`` of ``rows`` (1-D, same length)."""
+        return positions if self.columns is None else self.columns[rows, positions]
+
+
+def is_leading_block(mask: torch.Tensor, lengths: torch.Tensor) -> bool:
+    """Whether in every row the model tokens form a leading block (1…1 0…0): single-turn and right-padded.
+
+    A row is a leading block exactly when its count of ones equals the column of its first zero.
+    Cost: two O(B·L) passes over 1-byte data.
+    """
+    if mask.shape[1] == 0:
+        return True
+    first_zero = mask.view(torch.uint8).argmin(dim=1)  # 0 when the row is all ones
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    block_end = torch.where(mask[rows, first_zero], mask.shape[1], first_zero)
+    return bool(torch.equal(block_end, lengths))
 
 
 def group_ids(index: GroupIndex, batch_size: int) -> torch.Tensor:
@@ -89,10 +154,10 @@ def check_vector(name: str, tensor: Any, batch_size: int) -> torch.Tensor:
 
 
 def entropy_row_sums(entropy: Any, mask: torch.Tensor) -> torch.Tensor:
-    """Σ_t H_{i,t} over valid tokens, float32 ``[B]``, after checking the entropies.
+    """Σ_t H_{i,t} over model tokens (``mask`` true), float32 ``[B]``, after checking the entropies.
 
-    Requires finite, non-negative values on valid tokens; padding may hold anything (verl leaves
-    garbage there) and is ignored. A tiny negative value from floating-point error (> -1e-4) is
+    Requires finite, non-negative values on model tokens; padding and tool or user tokens may hold
+    anything (verl leaves garbage there) and are ignored. A tiny negative value from floating-point error (> -1e-4) is
     accepted. Read without gradient. Cost: O(B·L) time, one masked copy of ``entropy`` in memory.
     """
     check_matrix("entropy", entropy, mask.shape)
@@ -101,8 +166,9 @@ def entropy_row_sums(entropy: Any, mask: torch.Tensor) -> torch.Tensor:
     masked = torch.where(mask, entropy.detach(), torch.zeros((), dtype=entropy.dtype, device=entropy.device))
     row_sums = masked.sum(dim=1, dtype=torch.float32)
     if not bool(torch.isfinite(row_sums).all()):  # NaN and inf survive the sum
-        raise ValueError("entropy holds NaN or inf on valid tokens (response_mask = 1); "
+        raise ValueError("entropy holds NaN or inf on the model's tokens (response_mask = 1); "
                          "check the old-log-prob pass that computed it")
     if masked.numel() and float(masked.min()) < -1e-4:
-        raise ValueError(f"entropy must be >= 0 on valid tokens (it is -Σ p ln p), got minimum {float(masked.min())}")
+        raise ValueError(f"entropy must be >= 0 on the model's tokens (it is -Σ p ln p), "
+                         f"got minimum {float(masked.min())}")
     return row_sums

@@ -1,8 +1,10 @@
 """GTPO's per-token advantages (GTPO_SPEC "Order of operations").
 
-    a_{i,t} = δ_i · (A_i − γ·⟨H⟩_i) · λ_{i,t}   on valid tokens, 0 on padding,
+    a_{i,t} = δ_i · (A_i − γ·⟨H⟩_i) · λ_{i,t}   on the model's tokens, 0 on every other column,
 
-with A_i the group-relative advantage computed exactly as verl's GRPO estimator does.
+with A_i the group-relative advantage computed exactly as verl's GRPO estimator does. In multi-turn
+completions the tool or user tokens (``response_mask`` = 0 between the model's turns) get 0 and do not
+count: ⟨H⟩_i and |o_i| are over the model's tokens, and λ counts positions over them.
 """
 
 from __future__ import annotations
@@ -71,15 +73,15 @@ class GTPOTerms:
     """Every intermediate of one GTPO advantage computation (tensors ``[B]`` unless noted).
 
     Attributes:
-        advantages: ``[B, L]`` per-token a_{i,t}, dtype of ``token_level_rewards``, 0 on padding.
+        advantages: ``[B, L]`` per-token a_{i,t}, dtype of ``token_level_rewards``, 0 where the mask is 0.
         group_advantage: A_i, GRPO's advantage (before penalty and filter).
         completion_entropy: ⟨H⟩_i (0 for an empty completion).
         keep: δ_i as bool.
         sequence_advantage: δ_i · (A_i − γ·⟨H⟩_i).
-        lengths: valid tokens per completion (LongTensor).
+        lengths: model tokens per completion, |o_i| (LongTensor).
         initial_entropy: ⟨H⟩_ini used for the filter.
         valid_tokens, protected_tokens, amplified_tokens: counts over the batch (λ = 0, λ > 1).
-        nonempty_completions, filtered_completions: completions with ≥ 1 valid token; of those, δ = 0.
+        nonempty_completions, filtered_completions: completions with ≥ 1 model token; of those, δ = 0.
     """
 
     advantages: torch.Tensor
@@ -169,10 +171,12 @@ def compute_gtpo_advantage(
 
     Args:
         token_level_rewards: ``[B, L]`` float; R_i is its sum over the row (outcome reward).
-        response_mask: ``[B, L]`` bool/int/float, 1 on valid tokens, right-padded.
+        response_mask: ``[B, L]`` bool/int/float 0/1: 1 on the model's own tokens, 0 on padding and on
+            tool or user tokens between turns (holes; positions are counted over the model's tokens).
         responses: LongTensor ``[B, L]`` of sampled token ids.
         index: length-B group id per row (verl's ``uid``).
-        entropy: ``[B, L]`` per-token entropy (nats) of the sampling policy; no gradient is taken.
+        entropy: ``[B, L]`` per-token entropy (nats) of the sampling policy; no gradient is taken;
+            read only where the mask is 1.
         initial_entropy: ⟨H⟩_ini, fixed for the run; ``math.inf`` turns the filter off.
         amplification: w, λ of a positive conflict token.
         entropy_coef: γ of the entropy penalty (0 = off).

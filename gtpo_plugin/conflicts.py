@@ -2,8 +2,11 @@
 
 A token of completion i at position t conflicts when the same token id stands at the same position
 in a completion of the same group whose advantage has the opposite sign (only completions with
-A ≠ 0 take part). Positions are compared left-aligned (from the first token) and, in
-``prefix_suffix`` mode, also right-aligned (from each completion's own last valid token).
+A ≠ 0 take part). Positions are counted over each completion's own model tokens (``response_mask``
+= 1): in multi-turn completions the tool or user tokens between the model's turns are skipped, so the
+k-th generated token is compared with the k-th generated token (GTPO_SPEC "Completions with tokens
+masked inside"). They are compared left-aligned (from the first model token) and, in
+``prefix_suffix`` mode, also right-aligned (from each completion's own last model token).
 
 Algorithm: rows are laid out in a ``[groups, G_max]`` grid (a stable sort by group id); for each
 member j = 0..G_max-1 the whole grid is compared with member j by broadcasting, keeping matches
@@ -11,6 +14,10 @@ where the two have opposite signs. This costs O(G_max·B·K) time and O(B·K) me
 K positions — never O(V·L) like per-vocabulary counters. In ``prefix_suffix`` mode only the leading and trailing runs
 matter, so the window starts small and doubles only while some run fills it; typical runs are a
 few tokens, making the cost close to O(B) plus one pass over ``[B, L]`` to write the weights.
+
+Masks with holes: :class:`ModelPositions` maps model-token positions to columns (O(B·L) time and
+memory, built only when some row is not a leading block); the windows gather their tokens through
+it and λ is written back at the original columns, so the windowed cost above is unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +26,14 @@ from dataclasses import dataclass
 
 import torch
 
-from gtpo_plugin._validation import GroupIndex, check_response_mask, check_token_ids, check_vector, group_ids
+from gtpo_plugin._validation import (
+    GroupIndex,
+    ModelPositions,
+    check_response_mask,
+    check_token_ids,
+    check_vector,
+    group_ids,
+)
 from gtpo_plugin.config import check_amplification, check_conflict_mode
 
 _FIRST_WINDOW = 16
@@ -29,9 +43,11 @@ _FIRST_WINDOW = 16
 class ConflictRuns:
     """Where λ ≠ 1, in compact form (all tensors ``[B]`` unless noted).
 
-    ``factor`` is λ on a conflict token of that row: w for A > 0, 0 for A < 0, 1 for A = 0.
-    In ``prefix_suffix`` mode ``prefix``/``suffix`` hold the run lengths; in ``any`` mode
-    ``positions`` is the bool ``[B, L]`` map of conflict tokens; in ``none`` mode both are empty.
+    ``factor`` is λ on a conflict token of that row: w for A > 0, 0 for A < 0, 1 for A = 0;
+    ``lengths`` counts model tokens. In ``prefix_suffix`` mode ``prefix``/``suffix`` hold the run
+    lengths in model tokens and ``model_positions`` maps them to columns; in ``any`` mode
+    ``positions`` is the bool ``[B, L]`` map of conflict tokens at their original columns; in
+    ``none`` mode all are empty.
     """
 
     factor: torch.Tensor
@@ -39,6 +55,7 @@ class ConflictRuns:
     prefix: torch.Tensor | None = None
     suffix: torch.Tensor | None = None
     positions: torch.Tensor | None = None
+    model_positions: ModelPositions | None = None
 
     def scale_(self, values: torch.Tensor) -> torch.Tensor:
         """Multiply ``values`` ``[B, L]`` in place by λ at conflict positions (1 elsewhere); returns it.
@@ -48,11 +65,12 @@ class ConflictRuns:
         if self.positions is not None:
             values.mul_(torch.where(self.positions, self.factor[:, None].to(values.dtype), 1.0))
             return values
-        if self.prefix is None or self.suffix is None:
+        if self.prefix is None or self.suffix is None or self.model_positions is None:
             return values
         # A token in both runs is scaled twice (λ = w² or 0), as in the authors' implementation.
-        for rows, cols in (_prefix_coordinates(self.prefix), _suffix_coordinates(self.suffix, self.lengths)):
+        for rows, at in (_prefix_coordinates(self.prefix), _suffix_coordinates(self.suffix, self.lengths)):
             if rows.numel():
+                cols = self.model_positions.column(rows, at)
                 values[rows, cols] = values[rows, cols] * self.factor.to(values.device, values.dtype)[rows]
         return values
 
@@ -82,16 +100,18 @@ def conflict_weights(
 
     Args:
         responses: LongTensor ``[B, L]`` of token ids, right-padded (as verl produces).
-        response_mask: ``[B, L]`` bool/int/float, 1 on valid tokens, a leading block per row.
+        response_mask: ``[B, L]`` bool/int/float 0/1: 1 on the model's own tokens, 0 on padding and on
+            tool or user tokens inside multi-turn completions (positions skip them).
         index: length-B group id per row (verl's ``uid``: numpy array of str/int, list or tensor).
         advantages: ``[B]`` sequence-level advantages A_i; only their sign is used.
         amplification: w ≥ 1; λ of a conflict token in a positive completion (w² when it is in
             both the prefix and the suffix run).
         mode: ``"prefix_suffix"``, ``"any"`` (every conflicting left-aligned position) or
-            ``"none"`` (λ = 1 on every valid token).
+            ``"none"`` (λ = 1 on every model token).
 
     Returns:
-        λ ∈ {0, 1, w, w²} on valid tokens. Time O(G_max·B·K) + O(B·L), memory O(B·L) (see module doc).
+        λ ∈ {0, 1, w, w²} on model tokens, 0 on every other column. Time O(G_max·B·K) + O(B·L),
+        memory O(B·L) (see module doc).
     """
     check_token_ids("responses", responses)
     mask, lengths = check_response_mask(response_mask, responses.shape)
@@ -135,13 +155,40 @@ def find_conflicts(
         return runs
 
     layout = GroupLayout.of(groups.to(device), sign)
+    model = ModelPositions.of(mask, lengths)
     if mode == "any":
-        runs.positions = layout.conflicts(responses, mask)
+        runs.positions = _any_position_conflicts(responses, mask, model, layout)
         return runs
 
-    runs.prefix = _leading_run(lambda k: (responses[:, :k], mask[:, :k]), layout, lengths, length)
-    runs.suffix = _leading_run(lambda k: _right_aligned(responses, lengths, k), layout, lengths, length)
+    runs.model_positions = model
+    runs.prefix = _leading_run(lambda k: _left_aligned(responses, mask, model, k), layout, lengths, length)
+    runs.suffix = _leading_run(lambda k: _right_aligned(responses, model, k), layout, lengths, length)
     return runs
+
+
+def _any_position_conflicts(responses: torch.Tensor, mask: torch.Tensor, model: ModelPositions,
+                            layout: GroupLayout) -> torch.Tensor:
+    """Bool ``[B, L]`` conflict map of ``any`` mode at the original columns.
+
+    With holes, the model tokens are compacted to the left (one gather), compared, and the map is
+    gathered back through each column's model-token position. Extra cost O(B·L) time and memory.
+    """
+    if model.columns is None:
+        return layout.conflicts(responses, mask)
+    width = responses.shape[1]
+    compact = _left_aligned(responses, mask, model, width)
+    found = layout.conflicts(*compact)
+    rank = (torch.cumsum(mask, dim=1, dtype=torch.int64) - 1).clamp_(min=0)  # model position of each column
+    return found.gather(1, rank) & mask
+
+
+def _left_aligned(tokens: torch.Tensor, mask: torch.Tensor, model: ModelPositions,
+                  width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``width`` model tokens of each row, in order, with their validity (``[B, width]`` each)."""
+    if model.columns is None:
+        return tokens[:, :width], mask[:, :width]
+    ahead = torch.arange(width, device=tokens.device)[None, :]
+    return model.take(tokens, ahead), ahead < model.lengths[:, None]
 
 
 @dataclass
@@ -227,12 +274,12 @@ def _leading_run(window, layout: GroupLayout, lengths: torch.Tensor, length: int
         width = min(2 * width, length)
 
 
-def _right_aligned(tokens: torch.Tensor, lengths: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last ``width`` tokens of each row, last token first, with their validity."""
+def _right_aligned(tokens: torch.Tensor, model: ModelPositions, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last ``width`` model tokens of each row, last token first, with their validity."""
     back = torch.arange(width, device=tokens.device)
-    valid = back[None, :] < lengths[:, None]
-    columns = (lengths[:, None] - 1 - back[None, :]).clamp(min=0)
-    return tokens.gather(1, columns), valid
+    valid = back[None, :] < model.lengths[:, None]
+    positions = (model.lengths[:, None] - 1 - back[None, :]).clamp(min=0)
+    return model.take(tokens, positions), valid
 
 
 def _prefix_coordinates(run: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

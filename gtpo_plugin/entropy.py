@@ -10,14 +10,15 @@ from gtpo_plugin._validation import check_matrix, check_response_mask, entropy_r
 
 
 def completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """⟨H⟩_i: mean per-token entropy over each completion's valid tokens, float32 ``[B]``.
+    """⟨H⟩_i: mean per-token entropy over each completion's model tokens, float32 ``[B]``.
 
     Args:
         entropy: ``[B, L]`` float, per-token entropy (nats) of the policy that sampled the batch;
-            read without gradient. NaN/inf/negative values on valid tokens are an error; padding is ignored.
-        response_mask: ``[B, L]`` bool/int/float, 1 on valid tokens, right-padded.
+            read without gradient. NaN/inf/negative values on model tokens are an error; every other
+            column (padding, tool or user tokens) is ignored, whatever it holds.
+        response_mask: ``[B, L]`` bool/int/float 0/1, 1 on the model's own tokens (holes allowed).
 
-    An empty completion (no valid token) gets 0. Time O(B·L), memory O(B·L) for one masked copy.
+    An empty completion (no model token) gets 0. Time O(B·L), memory O(B·L) for one masked copy.
     """
     check_matrix("entropy", entropy)
     mask, lengths = check_response_mask(response_mask, entropy.shape)
@@ -25,7 +26,7 @@ def completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> to
 
 
 def mean_completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> float:
-    """Mean of ⟨H⟩_i over the completions that have at least one valid token.
+    """Mean of ⟨H⟩_i over the completions that have at least one model token.
 
     Applied to the first training batch this is the spec's ⟨H⟩_ini. Raises when no completion
     has a valid token, since the mean would be undefined.
@@ -33,7 +34,8 @@ def mean_completion_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) 
     per_completion = completion_entropy(entropy, response_mask)
     nonempty = check_response_mask(response_mask, entropy.shape)[1] > 0
     if not bool(nonempty.any()):
-        raise ValueError("cannot measure the initial entropy: no completion in the batch has a valid token")
+        raise ValueError("cannot measure the initial entropy: no completion in the batch has a model token "
+                         "(response_mask = 1)")
     return float(per_completion[nonempty].double().mean())
 
 

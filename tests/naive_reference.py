@@ -2,6 +2,9 @@
 
 The tests compare the vectorised core against these functions. Completions are given as lists of
 their valid token ids (no padding), so padding cannot leak into the reference by construction.
+Multi-turn completions (``naive_multiturn_*``) are given as their full rows with a 0/1 mask per
+token; the spec's definition is applied literally: drop the masked tokens, run the single-turn
+reference on what is left, and put each value back at the column it came from (0 elsewhere).
 """
 
 from __future__ import annotations
@@ -85,3 +88,31 @@ def naive_gtpo_advantage(
         seq_adv = (group_adv[i] - entropy_coef * mean_entropy) if keep else 0.0
         result.append([seq_adv * weight for weight in weights[i]])
     return result
+
+
+def model_tokens(row: list, mask: list[int]) -> list:
+    """The entries of ``row`` where ``mask`` is 1, in order (the model's own tokens of a multi-turn row)."""
+    return [value for value, keep in zip(row, mask, strict=True) if keep]
+
+
+def back_to_columns(values: list[float], mask: list[int]) -> list[float]:
+    """Place the k-th value at the column of the k-th model token; 0.0 on every masked column."""
+    remaining = iter(values)
+    placed = [next(remaining) if keep else 0.0 for keep in mask]
+    assert next(remaining, None) is None
+    return placed
+
+
+def naive_multiturn_conflict_weights(rows, masks, groups, advantages, amplification=2.0, mode="prefix_suffix"):
+    """λ per column of multi-turn rows: positions counted over the model's tokens, 0 on masked columns."""
+    completions = [model_tokens(row, mask) for row, mask in zip(rows, masks, strict=True)]
+    weights = naive_conflict_weights(completions, groups, advantages, amplification, mode)
+    return [back_to_columns(w, mask) for w, mask in zip(weights, masks, strict=True)]
+
+
+def naive_multiturn_gtpo_advantage(rows, masks, groups, scores, entropies, **settings):
+    """a_{i,t} per column of multi-turn rows; ``entropies`` per column (masked ones are never read)."""
+    completions = [model_tokens(row, mask) for row, mask in zip(rows, masks, strict=True)]
+    model_entropies = [model_tokens(e, mask) for e, mask in zip(entropies, masks, strict=True)]
+    result = naive_gtpo_advantage(completions, groups, scores, model_entropies, **settings)
+    return [back_to_columns(a, mask) for a, mask in zip(result, masks, strict=True)]

@@ -113,7 +113,12 @@ def test_empty_batch_and_empty_responses():
         (dict(advantages=torch.tensor([1.0, float("nan"), 0.0, 0.0])), ValueError, "advantages holds NaN"),
         (dict(mode="all"), ValueError, "conflict_mode must be one of"),
         (dict(amplification=0.5), ValueError, "amplification must be a finite number >= 1"),
-        (dict(response_mask=torch.tensor([[0, 1, 1, 1, 1, 1]] * 4)), ValueError, "right-padded"),
+        (dict(response_mask=torch.full((4, 6), 2)), ValueError, "response_mask must hold only 0 and 1"),
+        (dict(response_mask=torch.full((4, 6), 0.5)), ValueError, "response_mask must hold only 0 and 1"),
+        (dict(response_mask=torch.full((4, 6), float("nan"))), ValueError, "response_mask must hold only 0 and 1"),
+        (dict(response_mask=torch.full((4, 6), -1)), ValueError, "response_mask must hold only 0 and 1"),
+        (dict(response_mask=torch.ones(4, 6, dtype=torch.complex64)), TypeError, "response_mask must be bool"),
+        (dict(response_mask=torch.ones(4, 6).tolist()), TypeError, "response_mask must be a torch.Tensor"),
     ],
 )
 def test_bad_input_names_the_argument(change, error, words):

@@ -20,7 +20,7 @@ def test_completion_entropy_is_the_mean_over_valid_tokens():
 
 def test_initial_entropy_averages_nonempty_completions_only():
     assert mean_completion_entropy(ENTROPY, MASK) == pytest.approx((0.3 + 1.0) / 2)
-    with pytest.raises(ValueError, match="no completion in the batch has a valid token"):
+    with pytest.raises(ValueError, match="no completion in the batch has a model token"):
         mean_completion_entropy(ENTROPY, torch.zeros(3, 3))
 
 
