@@ -71,39 +71,55 @@ class ModelPositions:
 
     GTPO counts positions over the model's own tokens (GTPO_SPEC "Completions with tokens masked
     inside"). When every row is a leading block the k-th model token is in column k and nothing is
-    stored (``columns is None``), so single-turn batches pay only the O(B·L) layout test. Otherwise
-    ``columns[i, k]`` is the column of row i's k-th model token for k < ``lengths[i]`` (0 beyond),
-    int64 ``[B, L]``: built in O(B·L) time and memory by a cumulative sum and one scatter.
+    stored (``flat is None``), so single-turn batches pay only the layout test. Otherwise ``flat``
+    lists the flat indices (row·L + column) of all model tokens, row after row, int64 ``[N]`` with
+    N = Σ lengths ≤ B·L, and row i's k-th model token is ``flat[starts[i] + k]``: one pass over the
+    mask (``nonzero``) and O(N) memory.
     """
 
     lengths: torch.Tensor
-    columns: torch.Tensor | None = None
+    width: int
+    flat: torch.Tensor | None = None
+    starts: torch.Tensor | None = None
 
     @classmethod
     def of(cls, mask: torch.Tensor, lengths: torch.Tensor) -> ModelPositions:
         """Positions of a checked bool ``mask`` ``[B, L]`` with its ``lengths`` ``[B]``."""
         if is_leading_block(mask, lengths):
-            return cls(lengths)
-        batch_size, width = mask.shape
-        rank = torch.cumsum(mask, dim=1, dtype=torch.int64) - 1  # k of the model token in each column
-        slots = torch.where(mask, rank, width)  # every other column goes to a discarded extra slot
-        columns = torch.zeros(batch_size, width + 1, dtype=torch.int64, device=mask.device)
-        columns.scatter_(1, slots, torch.arange(width, device=mask.device).expand(batch_size, width))
-        return cls(lengths, columns[:, :width])
+            return cls(lengths, mask.shape[1])
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+        return cls(lengths, mask.shape[1], flat, torch.cumsum(lengths, 0) - lengths)
 
     def take(self, tensor: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """``[B, K]``: entry ``[i, j]`` of ``tensor`` at the column of row i's model token ``positions[i, j]``.
+        """``[B, K]``: entry ``[i, j]`` of ``tensor`` at row i's model token ``positions[i, j]``.
 
-        ``positions`` is ``[B, K]`` or ``[1, K]`` (the same positions for every row).
+        ``positions`` is ``[B, K]`` or ``[1, K]``; entries at positions ≥ ``lengths[i]`` are
+        arbitrary (the caller masks them). Cost O(B·K).
         """
         positions = positions.expand(tensor.shape[0], -1)
-        if self.columns is not None:
-            positions = self.columns.gather(1, positions)
-        return tensor.gather(1, positions)
+        if self.flat is None or self.starts is None:
+            return tensor.gather(1, positions.clamp(max=max(self.width - 1, 0)))
+        if self.flat.numel() == 0:
+            return tensor.new_zeros(positions.shape)
+        index = (self.starts[:, None] + positions).clamp_(max=self.flat.numel() - 1)
+        return tensor.reshape(-1)[self.flat[index]]
 
     def column(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Columns of the model tokens at ``positions`` of ``rows`` (1-D, same length)."""
-        return positions if self.columns is None else self.columns[rows, positions]
+        """Columns of the model tokens at ``positions`` of ``rows`` (1-D, same length, positions in range)."""
+        if self.flat is None or self.starts is None:
+            return positions
+        return self.flat[self.starts[rows] + positions] - rows * self.width
+
+    def scatter(self, compact: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Put a left-compacted ``[B, L]`` tensor back at the model tokens' columns (zeros elsewhere).
+
+        ``valid`` is the leading-block mask of ``compact`` (k < lengths). Cost O(B·L).
+        """
+        if self.flat is None:
+            return torch.where(valid, compact, torch.zeros((), dtype=compact.dtype))
+        out = compact.new_zeros(compact.numel())
+        out[self.flat] = compact.masked_select(valid)
+        return out.view(compact.shape)
 
 
 def is_leading_block(mask: torch.Tensor, lengths: torch.Tensor) -> bool:

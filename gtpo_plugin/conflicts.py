@@ -171,21 +171,18 @@ def _any_position_conflicts(responses: torch.Tensor, mask: torch.Tensor, model: 
     """Bool ``[B, L]`` conflict map of ``any`` mode at the original columns.
 
     With holes, the model tokens are compacted to the left (one gather), compared, and the map is
-    gathered back through each column's model-token position. Extra cost O(B·L) time and memory.
+    scattered back to their columns. Extra cost O(B·L) time and memory.
     """
-    if model.columns is None:
+    if model.flat is None:
         return layout.conflicts(responses, mask)
-    width = responses.shape[1]
-    compact = _left_aligned(responses, mask, model, width)
-    found = layout.conflicts(*compact)
-    rank = (torch.cumsum(mask, dim=1, dtype=torch.int64) - 1).clamp_(min=0)  # model position of each column
-    return found.gather(1, rank) & mask
+    tokens, valid = _left_aligned(responses, mask, model, responses.shape[1])
+    return model.scatter(layout.conflicts(tokens, valid), valid)
 
 
 def _left_aligned(tokens: torch.Tensor, mask: torch.Tensor, model: ModelPositions,
                   width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``width`` model tokens of each row, in order, with their validity (``[B, width]`` each)."""
-    if model.columns is None:
+    if model.flat is None:
         return tokens[:, :width], mask[:, :width]
     ahead = torch.arange(width, device=tokens.device)[None, :]
     return model.take(tokens, ahead), ahead < model.lengths[:, None]

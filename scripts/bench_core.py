@@ -5,8 +5,11 @@ Usage:
     python scripts/bench_core.py --groups 64 --length 1024 --repeats 5
 
 The batch looks like a real one: a shared format opening and closing in every completion (so
-conflicts exist), random lengths, binary rewards, a 151,936-token vocabulary. Every row of the
-printed table is timed in this one run, on this machine, so the ratios compare like with like.
+conflicts exist), random lengths, binary rewards, a 151,936-token vocabulary. The "holed" rows use
+the same batch as a multi-turn one: ``--tool-turns`` spans of tool tokens (response_mask 0, up to
+``--tool-length`` tokens each) are cut into every completion between its opening and its closing.
+Every row of the printed table is timed in this one run, on this machine, so the ratios compare like
+with like.
 """
 
 from __future__ import annotations
@@ -43,6 +46,22 @@ def make_batch(groups: int, group_size: int, length: int, vocab: int, seed: int)
     return dict(token_level_rewards=rewards, response_mask=mask, responses=responses, index=index, entropy=entropy)
 
 
+def with_tool_turns(batch: dict, turns: int, max_length: int, seed: int) -> dict:
+    """The same batch with ``turns`` tool spans per row (mask 0 inside the completion), opening and closing kept."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    mask = batch["response_mask"]
+    batch_size, length = mask.shape
+    lengths = mask.sum(dim=1)
+    columns = torch.arange(length)[None, :]
+    holed = mask.clone()
+    for _ in range(turns):
+        span = torch.randint(1, max_length + 1, (batch_size, 1), generator=generator)
+        room = (lengths[:, None] - 6 - 8 - span).clamp(min=1)
+        start = 8 + (torch.rand(batch_size, 1, generator=generator) * room).long()
+        holed[(columns >= start) & (columns < start + span) & (columns < lengths[:, None] - 6)] = 0
+    return dict(batch, response_mask=holed)
+
+
 def best_and_median(function: Callable[[], object], repeats: int) -> tuple[float, float]:
     function()  # warm-up
     times = []
@@ -61,6 +80,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=151_936)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tool-turns", type=int, default=3, help="tool spans per completion in the holed rows")
+    parser.add_argument("--tool-length", type=int, default=256, help="longest tool span, tokens")
     args = parser.parse_args()
 
     from verl.trainer.ppo import core_algos
@@ -68,8 +89,10 @@ def main() -> None:
     batch = make_batch(args.groups, args.group_size, args.length, args.vocab, args.seed)
     rewards, mask, index = batch["token_level_rewards"], batch["response_mask"], batch["index"]
 
-    def gtpo(mode: str) -> Callable[[], object]:
-        return lambda: compute_gtpo_advantage(**batch, initial_entropy=0.5, entropy_threshold=math.log(2),
+    holed = with_tool_turns(batch, args.tool_turns, args.tool_length, args.seed)
+
+    def gtpo(mode: str, inputs: dict = batch) -> Callable[[], object]:
+        return lambda: compute_gtpo_advantage(**inputs, initial_entropy=0.5, entropy_threshold=math.log(2),
                                               conflict_mode=mode)
 
     candidates = {
@@ -79,9 +102,16 @@ def main() -> None:
         "gtpo prefix_suffix (default)": gtpo("prefix_suffix"),
         "gtpo none": gtpo("none"),
         "gtpo any": gtpo("any"),
+        "verl grpo, holed": lambda: core_algos.compute_grpo_outcome_advantage(
+            rewards.clone(), holed["response_mask"], index),
+        "gtpo prefix_suffix, holed": gtpo("prefix_suffix", holed),
+        "gtpo none, holed": gtpo("none", holed),
+        "gtpo any, holed": gtpo("any", holed),
     }
     print(f"batch: {args.groups} groups x {args.group_size} completions x {args.length} tokens "
-          f"= {rewards.numel():,} token slots, torch threads {torch.get_num_threads()}")
+          f"= {rewards.numel():,} token slots, torch threads {torch.get_num_threads()}; holed: "
+          f"{args.tool_turns} tool spans of up to {args.tool_length} tokens per completion, "
+          f"{1 - float(holed['response_mask'].sum()) / float(mask.sum()):.0%} of the model tokens masked")
     baseline = None
     print(f"{'estimator':32s} {'best s':>9s} {'median s':>9s} {'x verl grpo':>12s}")
     for name, function in candidates.items():
