@@ -35,7 +35,8 @@ Contract for code that calls verl's advantage stage directly (the CPU demo, test
     data.batch["advantages"]        # [B, L] GTPO advantages (also data.batch["returns"])
     data.meta_info["gtpo_metrics"]  # {"gtpo/protected_token_frac": ..., ...} for this batch
 
-- **Inputs.** ``responses`` LongTensor ``[B, L]``, ``response_mask`` ``[B, L]`` (right-padded),
+- **Inputs.** ``responses`` LongTensor ``[B, L]``, ``response_mask`` ``[B, L]`` (0/1; 1 on the model's
+  own tokens, 0 on padding and on tool or user tokens inside multi-turn completions),
   ``token_level_rewards`` ``[B, L]`` (R_i is the row sum), ``entropy`` float ``[B, L]`` per-token
   entropy in nats of the policy that sampled the batch, ``uid`` the group id per row.
 - **Configuration.** ``config`` is verl's ``algorithm`` section, an OmegaConf ``DictConfig`` or a

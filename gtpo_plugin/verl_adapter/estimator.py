@@ -61,7 +61,8 @@ def compute_gtpo_outcome_advantage(
 
     Args:
         token_level_rewards: ``[B, L]``; R_i is the row sum (outcome reward).
-        response_mask: ``[B, L]``, 1 on valid tokens, right-padded.
+        response_mask: ``[B, L]`` 0/1: 1 on the model's own tokens, 0 on padding and on the tool or user
+            tokens of multi-turn agent loops (positions are counted over the model's tokens).
         index: the ``uid`` of each row (GRPO group).
         config: verl's ``algorithm`` section; GTPO's settings under ``gtpo``, and
             ``norm_adv_by_std_in_grpo``. ⟨H⟩_ini is measured and stored there when null (:mod:`.state`).

@@ -71,8 +71,14 @@ def check_trainer_config(config: DictConfig) -> None:
     Validates ``algorithm.gtpo`` and writes it back complete (defaults filled in) so that the
     config verl logs shows every GTPO setting. Raises when the run cannot give GTPO the old
     policy's per-token entropy; warns about a KL term (GTPO needs no reference model) and about
-    pairing the estimator with another loss or the loss with another estimator. Token-level rejection
-    sampling (``rollout_rs=token_k*``) is refused: it leaves holes in ``response_mask``.
+    pairing the estimator with another loss or the loss with another estimator.
+
+    Token-level rejection sampling (``rollout_rs=token_k*``) is refused, although GTPO accepts masks
+    with holes: the holes of multi-turn agent loops are tokens the model did not generate (tool or user
+    tokens), which GTPO skips when it counts positions. A rejected token is one the model did generate;
+    verl sets its ``response_mask`` to 0 before the advantage stage, so skipping it would shift every
+    later position of that completion by one against the other completions of its group and compare
+    the wrong tokens. Sequence-level modes (a whole completion masked) are allowed.
     """
     estimator, loss = uses_gtpo_estimator(config), uses_gtpo_loss(config)
     if not (estimator or loss):
@@ -105,8 +111,9 @@ def check_trainer_config(config: DictConfig) -> None:
     if token_level:
         raise ValueError(
             f"algorithm.rollout_correction.rollout_rs={rejection!r} masks single tokens inside completions "
-            f"({token_level}); GTPO compares tokens by position within each completion, which such holes make "
-            "undefined. Use a sequence-level mode (seq_sum_*, seq_mean_*) or none"
+            f"({token_level}) that the model generated; GTPO counts positions over the unmasked tokens, so every "
+            "later token of such a completion would be compared with the wrong position of the others. Use a "
+            "sequence-level mode (seq_sum_*, seq_mean_*) or none"
         )
     settings = gtpo_config(config.algorithm)
     with open_dict(config.algorithm):

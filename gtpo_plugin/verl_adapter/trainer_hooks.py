@@ -103,8 +103,12 @@ def _hook_v1_init(original: Callable[..., Any]) -> Callable[..., Any]:
 def _check_one_output_per_session(keys: Sequence[str]) -> None:
     """Refuse agent loops that return several outputs per session (TransferQueue keys ``{uid}_{session}_{i}``).
 
-    verl's GRPO scores only each session's last output and copies its advantage to the others;
-    GTPO's conflict tokens and entropies are per output, and that case is not defined for it.
+    verl 0.9.1 (``v1.utils.compute_advantage_for_multi_trajectories``) computes GRPO on each
+    session's last output only and copies that one number per session to its other outputs; any
+    other estimator gets every output as a separate row of the ``uid`` group. GTPO's advantage is per
+    token, set by positions within one completion, so a copied number has no GTPO counterpart, and
+    separate rows would count one session several times in its group. Masks with holes inside one
+    output (multi-turn tool use) are supported.
     """
     sessions = Counter(key.rsplit("_", 1)[0] for key in keys if key.count("_") >= 2)
     repeated = [session for session, count in sessions.items() if count > 1]
