@@ -110,17 +110,6 @@ class ModelPositions:
             return positions
         return self.flat[self.starts[rows] + positions] - rows * self.width
 
-    def scatter(self, compact: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Put a left-compacted ``[B, L]`` tensor back at the model tokens' columns (zeros elsewhere).
-
-        ``valid`` is the leading-block mask of ``compact`` (k < lengths). Cost O(B·L).
-        """
-        if self.flat is None:
-            return torch.where(valid, compact, torch.zeros((), dtype=compact.dtype))
-        out = compact.new_zeros(compact.numel())
-        out[self.flat] = compact.masked_select(valid)
-        return out.view(compact.shape)
-
 
 def is_leading_block(mask: torch.Tensor, lengths: torch.Tensor) -> bool:
     """Whether in every row the model tokens form a leading block (1…1 0…0): single-turn and right-padded.

@@ -170,13 +170,21 @@ def _any_position_conflicts(responses: torch.Tensor, mask: torch.Tensor, model: 
                             layout: GroupLayout) -> torch.Tensor:
     """Bool ``[B, L]`` conflict map of ``any`` mode at the original columns.
 
-    With holes, the model tokens are compacted to the left (one gather), compared, and the map is
-    scattered back to their columns. Extra cost O(B·L) time and memory.
+    With holes, each row's model tokens are moved to the left of a ``[B, L]`` copy, compared there, and
+    the map is moved back to their columns (two index copies of N model tokens). Extra cost O(B·L)
+    time and memory.
     """
     if model.flat is None:
         return layout.conflicts(responses, mask)
-    tokens, valid = _left_aligned(responses, mask, model, responses.shape[1])
-    return model.scatter(layout.conflicts(tokens, valid), valid)
+    batch_size, width = responses.shape
+    valid = torch.arange(width, device=responses.device)[None, :] < model.lengths[:, None]
+    slots = valid.reshape(-1).nonzero().squeeze(1)  # flat index of row i's k-th model token once compacted
+    compact = responses.new_zeros(batch_size * width)
+    compact[slots] = responses.reshape(-1)[model.flat]
+    found = layout.conflicts(compact.view(batch_size, width), valid)
+    conflict = torch.zeros(batch_size * width, dtype=torch.bool, device=responses.device)
+    conflict[model.flat] = found.reshape(-1)[slots]
+    return conflict.view(batch_size, width)
 
 
 def _left_aligned(tokens: torch.Tensor, mask: torch.Tensor, model: ModelPositions,
