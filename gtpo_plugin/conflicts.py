@@ -15,9 +15,10 @@ K positions — never O(V·L) like per-vocabulary counters. In ``prefix_suffix``
 matter, so the window starts small and doubles only while some run fills it; typical runs are a
 few tokens, making the cost close to O(B) plus one pass over ``[B, L]`` to write the weights.
 
-Masks with holes: :class:`ModelPositions` maps model-token positions to columns (O(B·L) time and
-memory, built only when some row is not a leading block); the windows gather their tokens through
-it and λ is written back at the original columns, so the windowed cost above is unchanged.
+Masks with holes: :class:`ModelPositions` maps model-token positions to columns (one O(B·L) pass
+over the mask, O(N) memory for N model tokens, built only when some row is not a leading block);
+the windows gather their tokens through it and λ is written back at the original columns, so the
+windowed cost above is unchanged. ``any`` mode compacts the tokens into a ``[B, L]`` copy instead.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def conflict_weights(
     """λ weights of GTPO, float32 ``[B, L]``; 0 on padding.
 
     Args:
-        responses: LongTensor ``[B, L]`` of token ids, right-padded (as verl produces).
+        responses: LongTensor ``[B, L]`` of token ids (tool tokens included), right-padded as verl does.
         response_mask: ``[B, L]`` bool/int/float 0/1: 1 on the model's own tokens, 0 on padding and on
             tool or user tokens inside multi-turn completions (positions skip them).
         index: length-B group id per row (verl's ``uid``: numpy array of str/int, list or tensor).

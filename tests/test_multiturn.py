@@ -13,6 +13,8 @@ import random
 import pytest
 import torch
 from batches import Batch, TurnBatch, random_batch, random_turn_batch, turns, unpad
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from naive_reference import (
     naive_conflict_weights,
     naive_group_advantage,
@@ -164,6 +166,34 @@ def test_leading_block_masks_give_todays_results_exactly():
             for i, (_, mask) in enumerate(holed_rows):
                 at_model_columns = holed_lam[i, : len(mask)][torch.tensor(mask, dtype=torch.bool)]
                 assert at_model_columns.tolist() == lam[i, : len(batch.completions[i])].tolist()
+
+
+completion = st.lists(st.integers(1, 3), min_size=0, max_size=6)
+tool_output = st.lists(st.integers(1, 3), min_size=0, max_size=3)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(completion, st.sampled_from([-1.0, 0.0, 1.0]), st.integers(0, 1)), min_size=1,
+                max_size=6),
+       st.lists(st.tuples(st.integers(0, 6), tool_output), max_size=8),
+       st.sampled_from(["prefix_suffix", "any"]))
+def test_inserting_tool_outputs_anywhere_leaves_lambda_on_model_tokens_unchanged(members, inserts, mode):
+    completions = [tokens for tokens, _, _ in members]
+    groups = [f"g{group}" for _, _, group in members]
+    advantages = torch.tensor([a for _, a, _ in members])
+    single = Batch(completions, groups, [0.0] * len(members), [[0.0] * len(c) for c in completions])
+    expected = conflict_weights(single.responses(), single.mask(), single.index(), advantages, mode=mode)
+    rows = [[(token, 1) for token in tokens] for tokens in completions]
+    for n, (at, tool) in enumerate(inserts):  # tool tokens before model position `at` of row n mod B
+        row = rows[n % len(rows)]
+        cut = [i for i, (_, keep) in enumerate(row) if keep][at] if at < sum(k for _, k in row) else len(row)
+        row[cut:cut] = [(token, 0) for token in tool]
+    holed = turn_batch(*(([t for t, _ in row], [k for _, k in row]) for row in rows), groups=groups)
+    lam = weights(holed, advantages.tolist(), mode=mode)
+    for i, completion_ in enumerate(completions):
+        keep = holed.mask()[i].bool()
+        assert lam[i][keep].tolist() == expected[i, : len(completion_)].tolist()
+        assert lam[i][~keep].eq(0).all()
 
 
 def test_left_padded_mask_is_the_same_completion_shifted():
