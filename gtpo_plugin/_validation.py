@@ -41,7 +41,7 @@ def check_response_mask(response_mask: Any, shape: torch.Size) -> tuple[torch.Te
     same tokens in the same order. What is still refused, because it means a wrong field was passed:
     a tensor that is not 2-D or not shaped like ``responses``, a complex dtype, and any value other
     than 0 or 1 (verl's masks are 0/1 ints; a weight, a NaN or a count is not a mask).
-    Cost: two O(B·L) passes over the mask (the value check and the count), none for a bool mask's check.
+    Cost: O(B·L) time: one pass to count; a non-bool mask also takes a value check and a conversion.
     """
     check_matrix("response_mask", response_mask, shape)
     if response_mask.dtype.is_complex:
