@@ -6,7 +6,7 @@ will do), copy the folder over, and install there with no index::
     python scripts/download_wheels.py --dest wheels/                       # Python 3.12, x86_64, glibc >= 2.35
     python scripts/download_wheels.py --dest wheels/ --split-mib 60        # then move them into <= 60 MiB folders
     python scripts/download_wheels.py --list                               # print the pip commands, run nothing
-    python scripts/download_wheels.py --resolve-only                       # resolve (metadata only), list the wheels
+    python scripts/download_wheels.py --resolve-only                       # resolve and list the wheels, keep none
     # on the GPU machine:
     pip install --no-index --find-links wheels/ "gtpo-plugin[verl,eval]" "verl[vllm]==0.9.1"
 
@@ -90,7 +90,8 @@ def pip_commands(dest: Path, python_version: str, glibc: str, arch: str, *, reso
     ]
     target = target_options(python_version, glibc, arch)
     if resolve_only:
-        # A dry-run install for the target reads the packages' metadata only; no wheel is downloaded.
+        # A dry-run install for the target: pip resolves as for the download and keeps no wheel (it may still
+        # fetch a wheel to read its metadata when the index does not serve the metadata alone).
         scratch = Path(tempfile.gettempdir()) / "download_wheels_target"
         commands.append([*pip, "install", "--dry-run", "--ignore-installed", "--quiet", "--target", str(scratch),
                          "--report", str(report or dest / "resolution.json"), *target, "--find-links", str(dest),
@@ -145,7 +146,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="build this package's wheel with the setuptools already installed (no download)")
     parser.add_argument("--list", action="store_true", help="print the pip commands and exit")
     parser.add_argument("--resolve-only", action="store_true",
-                      help="resolve for the target from metadata only and list the wheels; download none")
+                      help="resolve for the target and list the wheels, keeping none (pip may still fetch some "
+                      "to read their metadata)")
     return parser.parse_args(argv)
 
 

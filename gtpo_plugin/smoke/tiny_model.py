@@ -6,7 +6,7 @@ Qwen2 as ``Qwen2Tokenizer``, rebuilt from the vocabulary and merges) reproduces 
 as a ``transformers`` fast tokenizer with a ChatML chat template, as Qwen2.5's.
 The format tags ``<reasoning>``, ``</reasoning>``, ``<answer>``, ``</answer>`` are single tokens, so
 GTPO's conflict tokens look as they do with a real model's tags. The model is a Qwen2 architecture
-(the family of the recipes' default model, which verl and vLLM both support) with about 3.1 M
+(the family of the recipes' default model, which verl and vLLM both support) with about 3.0 M
 parameters; the weights are random, so it writes random tokens: enough to drive every stage of verl's
 trainer, not to learn anything in three steps.
 """
@@ -29,15 +29,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 VOCAB_SIZE = 512
-# Qwen2 shapes, scaled down: 4 layers, hidden 256, 4 query heads of 64 sharing 2 key/value heads.
-MODEL_SHAPE = {
-    "hidden_size": 256,
-    "intermediate_size": 704,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 2048,
-}
+MAX_POSITIONS = 2048
 
 
 def training_text() -> list[str]:
@@ -72,8 +64,7 @@ def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = VOCAB_
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     core.train_from_iterator(list(texts if texts is not None else training_text()), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=IM_END, pad_token=END_OF_TEXT,
-                                        bos_token=None, unk_token=None, model_max_length=MODEL_SHAPE[
-                                            "max_position_embeddings"])
+                                        bos_token=None, unk_token=None, model_max_length=MAX_POSITIONS)
     tokenizer.add_tokens(list(FORMAT_TAGS), special_tokens=False)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -93,11 +84,17 @@ def build_model(tokenizer, seed: int = 0):
         bos_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **MODEL_SHAPE,
+        # Qwen2's shapes scaled down: 4 layers, hidden 256, 4 query heads of 64 sharing 2 key/value heads.
+        hidden_size=256,
+        intermediate_size=704,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_POSITIONS,
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
-    return model.to(torch.bfloat16)
+    return model.bfloat16()
 
 
 def save_tiny_model(folder: str | Path, seed: int = 0) -> Path:

@@ -82,7 +82,7 @@ def test_dry_run_builds_model_and_data_prints_configs_and_trains_nothing(dry_run
     smoke = workdir / "smoke_run"
     assert sorted(path.name for path in smoke.iterdir()) == ["configs", "data", "model"]  # no runs/, no table
     assert (smoke / "model" / "model.safetensors").is_file() and (smoke / "model" / "tokenizer.json").is_file()
-    assert (smoke / "data" / "gsm8k" / "train.parquet").is_file() and (smoke / "data" / "gsm8k" / "test.parquet").is_file()
+    assert all((smoke / "data" / "gsm8k" / f"{split}.parquet").is_file() for split in ("train", "test"))
     for arm in ARMS:
         for run in RUNS:
             assert f"# ---- {arm}, {run} run: {smoke / 'configs' / f'{arm}_{run}.yaml'}" in result.stdout
@@ -132,7 +132,8 @@ def test_second_run_resumes_from_the_first_runs_step_2(dry_run, arm):
     assert first["trainer"]["resume_mode"] == "disable"
     assert resumed["trainer"]["resume_mode"] == "resume_path"
     assert resumed["trainer"]["resume_from_path"] == f"{first['trainer']['default_local_dir']}/global_step_2"
-    logs = [run["ray_kwargs"]["ray_init"]["runtime_env"]["env_vars"]["VERL_FILE_LOGGER_PATH"] for run in (first, resumed)]
+    logs = [run["ray_kwargs"]["ray_init"]["runtime_env"]["env_vars"]["VERL_FILE_LOGGER_PATH"]
+            for run in (first, resumed)]
     # verl's file logger truncates its file on start: each run logs to its own.
     assert logs == [f"{first['trainer']['default_local_dir'][:-len('/checkpoints')]}/metrics.jsonl",
                     f"{resumed['trainer']['default_local_dir'][:-len('/checkpoints')]}/metrics.jsonl"]
@@ -181,8 +182,8 @@ def test_without_dry_run_six_launches_then_the_check_fails_on_missing_logs(tmp_p
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python3"
-    fake.write_text(f'#!/usr/bin/env bash\nif [[ "$2" == verl.trainer.main_ppo ]]; then echo "$*" >> "{tmp_path}/launches"'
-                    f'; exit 0; fi\nexec "{sys.executable}" "$@"\n')
+    fake.write_text(f'#!/usr/bin/env bash\nif [[ "$2" == verl.trainer.main_ppo ]]; then\n'
+                    f'    echo "$*" >> "{tmp_path}/launches"; exit 0\nfi\nexec "{sys.executable}" "$@"\n')
     fake.chmod(0o755)
     stale = tmp_path / "smoke_run" / "runs" / "gtpo" / "resumed" / "metrics.jsonl"
     stale.parent.mkdir(parents=True)

@@ -1,4 +1,4 @@
-"""The smoke run's problems: drawn reproducibly, converted by scripts/prepare_data.py, read back by verl's RLHFDataset."""
+"""The smoke run's problems: reproducible, converted by scripts/prepare_data.py, read back by verl's RLHFDataset."""
 
 from __future__ import annotations
 

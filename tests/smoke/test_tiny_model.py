@@ -1,4 +1,4 @@
-"""The smoke run's tiny Qwen2 model and tokenizer: saved, reloaded by ``transformers`` as verl and vLLM do, generating."""
+"""The smoke run's tiny Qwen2 model and tokenizer: saved, reloaded by ``transformers`` as verl and vLLM do, used."""
 
 from __future__ import annotations
 
