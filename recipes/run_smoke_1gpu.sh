@@ -77,6 +77,7 @@ SMOKE_ARGS=(
 
 # 3. Per arm: the first run (from scratch), then the run resumed from its step-2 checkpoint.
 mkdir -p "$SMOKE_DIR/configs"
+dry_run_pids=() dry_run_files=()
 for arm in $ARMS; do
     ALGORITHM=$arm
     for run in first resumed; do
@@ -93,16 +94,24 @@ for arm in $ARMS; do
         fi
         command=(python3 -m verl.trainer.main_ppo --config-path "$RECIPE_CONFIG_DIR" --config-name "$ALGORITHM"
                  "${COMMON_ARGS[@]}" "${ENGINE_ARGS[@]}" "${SMOKE_ARGS[@]}" "${RESUME_ARGS[@]}" "$@")
-        if [[ $DRY_RUN == 1 ]]; then
-            "${command[@]}" "${DRY_RUN_ARGS[@]}" > "$SMOKE_DIR/configs/${arm}_$run.yaml"
-            echo "# ---- $arm, $run run: $SMOKE_DIR/configs/${arm}_$run.yaml"
-            cat "$SMOKE_DIR/configs/${arm}_$run.yaml"
+        if [[ $DRY_RUN == 1 ]]; then  # print-only launches run side by side (each imports verl: seconds of CPU)
+            "${command[@]}" "${DRY_RUN_ARGS[@]}" > "$SMOKE_DIR/configs/${arm}_$run.yaml" &
+            dry_run_pids+=("$!") dry_run_files+=("$SMOKE_DIR/configs/${arm}_$run.yaml")
         else
+            mkdir -p "$RUN_DIR"  # verl's file logger opens $RUN_DIR/metrics.jsonl without creating the folder
             "${command[@]}"
         fi
     done
 done
-[[ $DRY_RUN == 1 ]] && exit 0
+if [[ $DRY_RUN == 1 ]]; then
+    for i in "${!dry_run_pids[@]}"; do
+        wait "${dry_run_pids[$i]}"  # a failed launch stops the script here (set -e)
+        file=${dry_run_files[$i]}
+        echo "# ---- $(basename "$file" .yaml): $file"
+        cat "$file"
+    done
+    exit 0
+fi
 
 # 4. The checks and the table, from verl's metrics logs and checkpoints.
 # shellcheck disable=SC2086  # ARMS is a list

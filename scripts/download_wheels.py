@@ -15,9 +15,9 @@ Ray, hydra-core, omegaconf, TransferQueue, tensordict, codetiming and the rest o
 this package with its ``verl`` and ``eval`` extras, resolved together by pip for the target, binary wheels
 only. Two wheels are built here rather than downloaded: this package, and the pure-Python packages that
 PyPI has only as source (``SOURCE_ONLY``; without them pip would fall back to an ancient hydra-core).
-Not included: flash-attn and Transformer Engine (the ``gpu`` extra), which PyPI has only as source that
-needs the target's CUDA toolchain; verl's FSDP engine uses flash-attn on GPUs, so bring a flash-attn wheel
-built for torch 2.11 and the target's CUDA (its project publishes some) into the same folder.
+Not included: flash-attn and Transformer Engine's PyTorch part (the ``gpu`` extra), of which PyPI has no
+binary wheel for this target; verl's FSDP engine uses flash-attn on GPUs, so bring a flash-attn wheel built
+for torch 2.11 and the target's CUDA into the same folder.
 """
 
 from __future__ import annotations

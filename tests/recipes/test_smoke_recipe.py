@@ -85,7 +85,7 @@ def test_dry_run_builds_model_and_data_prints_configs_and_trains_nothing(dry_run
     assert all((smoke / "data" / "gsm8k" / f"{split}.parquet").is_file() for split in ("train", "test"))
     for arm in ARMS:
         for run in RUNS:
-            assert f"# ---- {arm}, {run} run: {smoke / 'configs' / f'{arm}_{run}.yaml'}" in result.stdout
+            assert f"# ---- {arm}_{run}: {smoke / 'configs' / f'{arm}_{run}.yaml'}" in result.stdout
     assert result.stdout.count("actor_rollout_ref:") == 6
     assert "ray init" not in result.stdout + result.stderr and list(workdir.iterdir()) == [smoke]
 
@@ -182,7 +182,10 @@ def test_without_dry_run_six_launches_then_the_check_fails_on_missing_logs(tmp_p
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python3"
+    # It also notes whether the folder of verl's file log exists: verl's FileLogger does not create it.
     fake.write_text(f'#!/usr/bin/env bash\nif [[ "$2" == verl.trainer.main_ppo ]]; then\n'
+                    f'    for arg in "$@"; do [[ $arg == *VERL_FILE_LOGGER_PATH=* ]] && log=${{arg#*=}}; done\n'
+                    f'    [[ -d $(dirname "$log") ]] && echo "log folder exists: $log" >> "{tmp_path}/launches"\n'
                     f'    echo "$*" >> "{tmp_path}/launches"; exit 0\nfi\nexec "{sys.executable}" "$@"\n')
     fake.chmod(0o755)
     stale = tmp_path / "smoke_run" / "runs" / "gtpo" / "resumed" / "metrics.jsonl"
@@ -192,7 +195,10 @@ def test_without_dry_run_six_launches_then_the_check_fails_on_missing_logs(tmp_p
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     result = subprocess.run(["bash", str(SCRIPT), "trainer.seed=1"], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=600)
-    launches = (tmp_path / "launches").read_text().splitlines()
+    lines = (tmp_path / "launches").read_text().splitlines()
+    logs, launches = lines[0::2], lines[1::2]
+    assert logs == [f"log folder exists: {tmp_path}/smoke_run/runs/{arm}/{run}/metrics.jsonl"
+                    for arm in ("gtpo", "grpo") for run in RUNS]
     assert [(line.split("--config-name ")[1].split()[0], "resume_mode=resume_path" in line) for line in launches] == [
         ("gtpo", False), ("gtpo", True), ("grpo", False), ("grpo", True)]
     assert all(line.endswith("trainer.seed=1") and "--cfg" not in line for line in launches)
