@@ -20,7 +20,7 @@ import json
 import math
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,27 +141,27 @@ def check_initial_entropy(first: Steps, resumed: Steps, run_dir: Path, plan: Smo
     known = {where: value for where, value in values.items() if isinstance(value, int | float)}
     if not known:
         return problems + ["no <H>_ini anywhere"]
-    reference = known[next(iter(known))]
+    first_where = next(iter(known))
     for where, value in known.items():
-        if not math.isclose(value, reference, rel_tol=SAME_VALUE_RTOL):
-            problems.append(f"<H>_ini changed: {value} at {where}, {reference} at the first step")
+        if not math.isclose(value, known[first_where], rel_tol=SAME_VALUE_RTOL):
+            problems.append(f"<H>_ini changed: {value} at {where}, {known[first_where]} at {first_where}")
     return problems
 
 
-def peak_memory(steps: Steps, kind: str) -> float | None:
+def peak_memory(records: Iterable[Mapping[str, Any]], kind: str) -> float | None:
+    """The largest ``perf/max_memory_<kind>_gb`` of any worker in ``records`` (None when none was logged)."""
     pattern = PEAK_MEMORY[kind]
-    values = [float(value) for metrics in steps.values() for key, value in metrics.items()
+    values = [float(value) for metrics in records for key, value in metrics.items()
               if pattern.search(key) and isinstance(value, int | float)]
     return max(values) if values else None
 
 
 def arm_row(arm: str, first: Steps, resumed: Steps, plan: SmokePlan) -> ArmRow:
     """Step 1 apart (it includes warm-up), the mean of the first run's later steps; memory over both runs."""
-    times = [float(first[step].get(STEP_TIME, math.nan)) for step in range(1, plan.total_steps + 1)]
-    both = {**{("first", s): m for s, m in first.items()}, **{("resumed", s): m for s, m in resumed.items()}}
-    merged: Steps = {index: metrics for index, metrics in enumerate(both.values())}
-    return ArmRow(arm, times[0], statistics.fmean(times[1:]), peak_memory(merged, "allocated"),
-                  peak_memory(merged, "reserved"))
+    times = [float(first[step][STEP_TIME]) for step in range(1, plan.total_steps + 1)]
+    records = [*first.values(), *resumed.values()]
+    return ArmRow(arm, times[0], statistics.fmean(times[1:]), peak_memory(records, "allocated"),
+                  peak_memory(records, "reserved"))
 
 
 def check_arm(smoke_dir: Path, arm: str, plan: SmokePlan, vocab_size: int | None) -> tuple[list[str], ArmRow | None]:
