@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Five-minute "does my install work" run on one GPU, before a real job: verl's stock trainer end to end
-# (vLLM rollouts, FSDP, TransferQueue, checkpoint and resume) with GTPO and with its GRPO twins, on a tiny
-# random-init Qwen2 model and synthetic addition problems built here (nothing is downloaded).
+# A "does my install work" run on one GPU before a real job (five minutes is the aim; it has not yet run on a
+# GPU): verl's stock trainer end to end (vLLM rollouts, FSDP, TransferQueue, checkpoint and resume) with GTPO
+# and with its GRPO twins, on a tiny random-init Qwen2 model and synthetic addition problems built here
+# (nothing is downloaded).
 #
 # For each arm (gtpo, grpo_no_kl, grpo): 3 training steps with a checkpoint at step 2 (and at the last step),
 # then a second run resumed from global_step_2 that trains step 3 again. Then it checks that every gtpo/*

@@ -5,10 +5,10 @@ with Qwen2's normalizer and pre-tokenizer, so that ``AutoTokenizer`` (which load
 Qwen2 as ``Qwen2Tokenizer``, rebuilt from the vocabulary and merges) reproduces it exactly; it is wrapped
 as a ``transformers`` fast tokenizer with a ChatML chat template, as Qwen2.5's.
 The format tags ``<reasoning>``, ``</reasoning>``, ``<answer>``, ``</answer>`` are single tokens, so
-GTPO's conflict tokens look as they do with a real model's tags. The model is a Qwen2 architecture
-(the family of the recipes' default model, which verl and vLLM both support) with about 3.0 M
-parameters; the weights are random, so it writes random tokens: enough to drive every stage of verl's
-trainer, not to learn anything in three steps.
+completions that write them share them token for token: the structure GTPO's conflict handling is about.
+The model is a Qwen2 architecture (the family of the recipes' default model, which verl and vLLM both
+support) with about 3.0 M parameters; the weights are random, so it writes random tokens: enough to drive
+every stage of verl's trainer, not to learn anything in three steps.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-VOCAB_SIZE = 512
+BPE_VOCAB_LIMIT = 512  # an upper bound: the little training text yields about 300 tokens
 MAX_POSITIONS = 2048
 
 
@@ -43,7 +43,7 @@ def training_text() -> list[str]:
     return lines
 
 
-def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = VOCAB_SIZE):
+def build_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = BPE_VOCAB_LIMIT):
     """A ``PreTrainedTokenizerFast``: byte-level BPE, ChatML template, ``<|im_end|>`` as end of sequence.
 
     Every byte is in the alphabet, so any text encodes; specials and format tags are added tokens.
