@@ -173,7 +173,8 @@ def test_preset_reward_through_verls_reward_loop(tmp_path, preset, scores):
 
     tokenizer = byte_tokenizer(tmp_path / "tokenizer")
     with initialize_config_dir(config_dir=str(RECIPE_CONFIG), version_base=None):
-        config = compose("gtpo", overrides=[f"preset={preset}", f"actor_rollout_ref.model.path={tmp_path / 'tokenizer'}"])
+        overrides = [f"preset={preset}", f"actor_rollout_ref.model.path={tmp_path / 'tokenizer'}"]
+        config = compose("gtpo", overrides=overrides)
     worker = RewardLoopWorker(config)
     completions = [GOOD, GOOD.replace("72\n</answer>", "71\n</answer>"), GOOD + "\nHope this helps!", "72"]
     encoded = [tokenizer(text)["input_ids"] for text in completions]
