@@ -1,10 +1,10 @@
 """Every launch script in recipes/, in dry-run mode on CPU: verl's resolved config carries the recipe's settings.
 
 Each script runs once per preset as a user would (``DRY_RUN=1 [PRESET=verl] bash recipes/run_*.sh``); verl's
-Hydra app prints the resolved config and stops before its task, so no Ray and no GPU. The scripts run in parallel (importing
-verl takes ~10 s of CPU per process). The printed configs then go through verl's own start-up checks and
-reference-model decision, the GTPO arm is compared key by key with its GRPO twins, and each script's two presets
-with each other.
+Hydra app prints the resolved config and stops before its task, so no Ray and no GPU. The scripts run in
+parallel (importing verl takes ~10 s of CPU per process). The printed configs then go through verl's own
+start-up checks and reference-model decision, the GTPO arm is compared key by key with its GRPO twins, and
+each script's two presets with each other.
 """
 
 from __future__ import annotations
