@@ -59,8 +59,17 @@ ACTOR_TP=${ACTOR_TP:-2}   # Megatron tensor parallel size (the reference model, 
 ACTOR_PP=${ACTOR_PP:-1}   # Megatron pipeline parallel size
 SP_SIZE=${SP_SIZE:-1}     # FSDP Ulysses sequence parallel size
 
+# Seed of the data order (verl's data.seed: unset there, the order differs from run to run) and of vLLM's
+# sampling. The arms of an A/B with the same SEED see the same prompts in the same order; repeat with SEED=1, 2, ...
+# for seeds, which scripts/compare_runs.py pairs by the _s<SEED> ending of the run names.
+SEED=${SEED:-0}
+if [[ ! $SEED =~ ^[0-9]+$ ]]; then
+    echo "SEED must be a non-negative integer, got '$SEED'" >&2
+    exit 2
+fi
+
 # Outputs: checkpoints, verl's file-logger metrics (what scripts/compare_runs.py reads) and tensorboard events.
-EXPERIMENT_NAME=${EXPERIMENT_NAME:-${ALGORITHM}_${PRESET}_${DATASET}_$(basename "$MODEL_PATH")_${ENGINE}}
+EXPERIMENT_NAME=${EXPERIMENT_NAME:-${ALGORITHM}_${PRESET}_${DATASET}_$(basename "$MODEL_PATH")_${ENGINE}_s${SEED}}
 RUN_DIR=${RUN_DIR:-$PWD/runs/$EXPERIMENT_NAME}
 
 # DRY_RUN=1: print verl's fully resolved config and exit; Hydra stops before verl's task (no Ray, no GPU).
@@ -73,6 +82,8 @@ COMMON_ARGS=(
     data.max_prompt_length="$MAX_PROMPT_LENGTH"
     data.max_response_length="$MAX_RESPONSE_LENGTH"
     data.train_batch_size="$TRAIN_BATCH_SIZE"
+    data.seed="$SEED"
+    actor_rollout_ref.rollout.seed="$SEED"
     actor_rollout_ref.model.path="$MODEL_PATH"
     actor_rollout_ref.actor.ppo_mini_batch_size="$PPO_MINI_BATCH_SIZE"
     actor_rollout_ref.actor.ppo_max_token_len_per_gpu="$MAX_TOKENS_PER_GPU"

@@ -32,7 +32,7 @@ PRESETS = ("paper", "verl")
 SCRIPT_RUNS = [f"{a}_{e}_{p}" for a in ALGORITHMS for e in ENGINES for p in PRESETS]  # every script, both presets
 MATH_FSDP = {
     "DATASET": "math", "NNODES": "2", "GPUS_PER_NODE": "4", "MODEL_PATH": "meta-llama/Llama-3.1-8B-Instruct",
-    "DATA_DIR": "/shared/data", "ROLLOUT_TP": "2", "SP_SIZE": "2", "RUN_DIR": "/shared/runs/a",
+    "DATA_DIR": "/shared/data", "ROLLOUT_TP": "2", "SP_SIZE": "2", "RUN_DIR": "/shared/runs/a", "SEED": "3",
 }
 MATH_MEGATRON = {"DATASET": "math", "NNODES": "2", "ACTOR_TP": "4", "ACTOR_PP": "2", "OFFLOAD": "true"}
 EXTRA_ARGS = ("actor_rollout_ref.rollout.n=12", "algorithm.gtpo.entropy_coef=0.05",
@@ -200,7 +200,7 @@ def test_verl_preset_is_std_normalised_correctness(runs, algo, engine):
     assert verl["algorithm"]["norm_adv_by_std_in_grpo"] is True
     assert verl["reward"]["custom_reward_function"] == {"path": "pkg://gtpo_plugin.reward", "name": "compute_score"}
     assert verl["actor_rollout_ref"]["rollout"]["temperature"] == 1.0
-    assert verl["trainer"]["experiment_name"] == f"{algo}_verl_gsm8k_Qwen2.5-3B-Instruct_{engine}"
+    assert verl["trainer"]["experiment_name"] == f"{algo}_verl_gsm8k_Qwen2.5-3B-Instruct_{engine}_s0"
     # The presets differ in these keys and nothing else (run names masked).
     preset_keys = {"algorithm.norm_adv_by_std_in_grpo", "reward.custom_reward_function.name",
                    "actor_rollout_ref.rollout.temperature",
@@ -253,8 +253,8 @@ def test_twins_differ_from_gtpo_only_in_the_algorithm(runs, engine, preset):
     assert differing_keys(gtpo, grpo_no_kl) == ALGORITHM_KEYS - {"actor_rollout_ref.actor.use_kl_loss"}
     assert differing_keys(grpo, grpo_no_kl) == {"actor_rollout_ref.actor.use_kl_loss"}
     # Each arm writes its own checkpoints and metrics.
-    assert gtpo["trainer"]["experiment_name"] == f"gtpo_{preset}_gsm8k_Qwen2.5-3B-Instruct_{engine}"
-    assert grpo["trainer"]["experiment_name"] == f"grpo_{preset}_gsm8k_Qwen2.5-3B-Instruct_{engine}"
+    assert gtpo["trainer"]["experiment_name"] == f"gtpo_{preset}_gsm8k_Qwen2.5-3B-Instruct_{engine}_s0"
+    assert grpo["trainer"]["experiment_name"] == f"grpo_{preset}_gsm8k_Qwen2.5-3B-Instruct_{engine}_s0"
 
 
 @pytest.mark.parametrize("name", SCRIPT_RUNS + ["gtpo_fsdp_math", "gtpo_megatron_math"])
@@ -313,13 +313,14 @@ def test_default_variables(runs, sandbox):
     assert data["prompt_key"] == "prompt"
     assert config["actor_rollout_ref"]["model"]["path"] == "Qwen/Qwen2.5-3B-Instruct"
     assert (trainer["nnodes"], trainer["n_gpus_per_node"]) == (1, 8)
-    run_dir = sandbox.workdir / "runs" / "gtpo_paper_gsm8k_Qwen2.5-3B-Instruct_fsdp"
+    run_dir = sandbox.workdir / "runs" / "gtpo_paper_gsm8k_Qwen2.5-3B-Instruct_fsdp_s0"
     assert trainer["default_local_dir"] == str(run_dir / "checkpoints")
     assert config["ray_kwargs"]["ray_init"]["runtime_env"]["env_vars"] == {
         "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl"),
         "TENSORBOARD_DIR": str(run_dir / "tensorboard"),
     }
     assert trainer["logger"] == ["console", "file", "tensorboard"]
+    assert (data["seed"], config["actor_rollout_ref"]["rollout"]["seed"]) == (0, 0)  # same data order in every arm
     actor = config["actor_rollout_ref"]["actor"]
     assert actor["use_dynamic_bsz"] is True and actor["ppo_max_token_len_per_gpu"] == 4 * (512 + 1024)
 
@@ -332,7 +333,8 @@ def test_environment_variables_and_extra_arguments(runs):
     assert (data["max_prompt_length"], data["max_response_length"]) == (1024, 2048)
     assert config["actor_rollout_ref"]["model"]["path"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert (trainer["nnodes"], trainer["n_gpus_per_node"]) == (2, 4)
-    assert trainer["experiment_name"] == "gtpo_verl_math_Llama-3.1-8B-Instruct_fsdp"
+    assert trainer["experiment_name"] == "gtpo_verl_math_Llama-3.1-8B-Instruct_fsdp_s3"
+    assert (data["seed"], config["actor_rollout_ref"]["rollout"]["seed"]) == (3, 3)
     assert trainer["default_local_dir"] == "/shared/runs/a/checkpoints"
     rollout = config["actor_rollout_ref"]["rollout"]
     assert (rollout["tensor_model_parallel_size"], rollout["n"]) == (2, 12)  # n from the extra arguments
@@ -364,9 +366,10 @@ def test_bad_dataset_is_refused_before_verl(tmp_path):
         ({"PRESET": "authors"}, (), "PRESET must be paper or verl, got 'authors'"),
         ({}, ("preset=verl",), "set the preset with PRESET=paper|verl, not the Hydra override 'preset=verl'"),
         ({"PRESET": "verl"}, ("+preset=paper",), "not the Hydra override '+preset=paper'"),
+        ({"SEED": "-1"}, (), "SEED must be a non-negative integer, got '-1'"),
     ],
 )
-def test_preset_is_chosen_only_through_PRESET(tmp_path, variables, args, message):
+def test_preset_and_seed_are_checked_before_verl(tmp_path, variables, args, message):
     # A Hydra preset=... would silently win over PRESET while the run name kept PRESET's.
     result = subprocess.run(["bash", str(RECIPES / "run_grpo_fsdp.sh"), *args], cwd=tmp_path,
                             env=script_env(tmp_path, DRY_RUN="1", **variables),
