@@ -8,7 +8,7 @@
 RECIPE_CONFIG_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/config
 
 # The preset: paper (default; the authors' 0/10/20 reward, advantages R - mean(R), temperature 0.9, gamma 0.1)
-# or verl (0/1 correctness, std-normalised advantages, temperature 1, gamma 0.01). GTPO and its GRPO twins
+# or verl (0/1 correctness, std-normalised advantages, temperature 1, gamma 0.02). GTPO and its GRPO twins
 # must run with the same preset; it is part of the default run name.
 PRESET=${PRESET:-paper}
 case $PRESET in

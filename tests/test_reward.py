@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,30 @@ def test_preset_reward_through_verls_reward_loop(tmp_path, preset, scores):
     lengths = torch.tensor([len(ids) for ids in encoded])
     assert torch.equal(rm_scores.nonzero()[:, 1], (lengths - 1)[torch.tensor(scores) != 0])
     assert rm_scores.sum(-1).tolist() == scores
+
+
+def test_advantage_scales_of_the_presets():
+    # The README's arithmetic for gamma, through verl's own GRPO estimator: in a group of 8 well-formatted
+    # completions with k right, the paper preset (reward 10 + 10 r, A = R - mean) gives advantages 10 s times
+    # those of the verl preset (reward r, A = (r - mean) / (s + 1e-6)), s = sqrt(8 p (1 - p) / 7), p = k / 8:
+    # 10 s = 3.536 (k = 1 or 7) ... 5.345 (k = 4). gamma 0.1 -> 0.02 then keeps gamma <H> / |A| at
+    # 0.2 * 10 s = 0.71 ... 1.07 times the paper preset's.
+    pytest.importorskip("verl")
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    wrong = GOOD.replace("72\n</answer>", "71\n</answer>")
+    ratios = []
+    for k in range(1, 8):
+        completions = [GOOD] * k + [wrong] * (8 - k)
+        advantages = {}
+        for preset, function, norm in (("paper", compute_paper_score, False), ("verl", compute_score, True)):
+            rewards = torch.tensor([[function("gsm8k", text, "72")["score"]] for text in completions])
+            advantages[preset], _ = compute_grpo_outcome_advantage(
+                rewards, torch.ones_like(rewards), np.array(["q"] * 8, dtype=object), norm_adv_by_std_in_grpo=norm)
+        assert sorted(set(advantages["paper"].flatten().tolist())) == pytest.approx([-10 * k / 8, 10 - 10 * k / 8])
+        ratio = advantages["paper"] / advantages["verl"]
+        s = math.sqrt(8 * (k / 8) * (1 - k / 8) / 7)
+        assert ratio.flatten().tolist() == pytest.approx([10 * s] * 8, rel=1e-5)
+        ratios.append(10 * s)
+    assert (min(ratios), max(ratios)) == pytest.approx((3.5355, 5.3452), abs=1e-4)
+    assert (0.02 / 0.1 * min(ratios), 0.02 / 0.1 * max(ratios)) == pytest.approx((0.7071, 1.0690), abs=1e-4)

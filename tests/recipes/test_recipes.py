@@ -207,7 +207,7 @@ def test_verl_preset_is_std_normalised_correctness(runs, algo, engine):
                    # verl's (disabled) distillation teacher samples at the rollout temperature by interpolation
                    "distillation.teacher_models.teacher_model.inference.temperature"}
     if algo == "gtpo":
-        assert verl["algorithm"]["gtpo"]["entropy_coef"] == 0.01
+        assert verl["algorithm"]["gtpo"]["entropy_coef"] == 0.02
         preset_keys.add("algorithm.gtpo.entropy_coef")
     assert differing_keys(paper, verl) == preset_keys
 
