@@ -1,10 +1,26 @@
 # Shared by the launch scripts in recipes/ (sourced, not run): every setting that comes from the environment,
 # with its default, and the Hydra overrides it turns into. The script sets ALGORITHM (gtpo, grpo or grpo_no_kl:
 # the config in recipes/config/) and ENGINE (fsdp or megatron) before sourcing this file.
-# The paper's own settings (group size 8, lr 1e-6, max grad norm 0.1, loss aggregation, reward) live in
-# recipes/config/paper.yaml; change them with Hydra overrides after the script name.
+# The settings every arm shares (group size 8, lr 1e-6, max grad norm 0.1, loss aggregation) live in
+# recipes/config/common.yaml, the preset's in recipes/config/preset/; change any with Hydra overrides after the
+# script name.
 
 RECIPE_CONFIG_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/config
+
+# The preset: paper (default; the authors' 0/10/20 reward, advantages R - mean(R), temperature 0.9, gamma 0.1)
+# or verl (0/1 correctness, std-normalised advantages, temperature 1, gamma 0.02). GTPO and its GRPO twins
+# must run with the same preset; it is part of the default run name.
+PRESET=${PRESET:-paper}
+case $PRESET in
+    paper | verl) ;;
+    *) echo "PRESET must be paper or verl, got '$PRESET'" >&2; exit 2 ;;
+esac
+for override in "$@"; do
+    if [[ $override =~ ^[+~]*preset(=|$) ]]; then
+        echo "set the preset with PRESET=paper|verl, not the Hydra override '$override' (the run name follows PRESET)" >&2
+        exit 2
+    fi
+done
 
 # Cluster: GPUs per node times nodes; the nodes join one Ray cluster first (recipes/README.md).
 NNODES=${NNODES:-1}
@@ -43,19 +59,31 @@ ACTOR_TP=${ACTOR_TP:-2}   # Megatron tensor parallel size (the reference model, 
 ACTOR_PP=${ACTOR_PP:-1}   # Megatron pipeline parallel size
 SP_SIZE=${SP_SIZE:-1}     # FSDP Ulysses sequence parallel size
 
+# Seed of the data order (verl's data.seed: unset there, the order differs from run to run) and of vLLM's
+# sampling. The arms of an A/B with the same SEED see the same prompts in the same order; repeat with SEED=1, 2, ...
+# for seeds, which scripts/compare_runs.py pairs by the _s<SEED> ending of the run names.
+SEED=${SEED:-0}
+if [[ ! $SEED =~ ^[0-9]+$ ]]; then
+    echo "SEED must be a non-negative integer, got '$SEED'" >&2
+    exit 2
+fi
+
 # Outputs: checkpoints, verl's file-logger metrics (what scripts/compare_runs.py reads) and tensorboard events.
-EXPERIMENT_NAME=${EXPERIMENT_NAME:-${ALGORITHM}_${DATASET}_$(basename "$MODEL_PATH")_${ENGINE}}
+EXPERIMENT_NAME=${EXPERIMENT_NAME:-${ALGORITHM}_${PRESET}_${DATASET}_$(basename "$MODEL_PATH")_${ENGINE}_s${SEED}}
 RUN_DIR=${RUN_DIR:-$PWD/runs/$EXPERIMENT_NAME}
 
 # DRY_RUN=1: print verl's fully resolved config and exit; Hydra stops before verl's task (no Ray, no GPU).
 DRY_RUN=${DRY_RUN:-0}
 
 COMMON_ARGS=(
+    preset="$PRESET"
     data.train_files="$TRAIN_FILES"
     data.val_files="$VAL_FILES"
     data.max_prompt_length="$MAX_PROMPT_LENGTH"
     data.max_response_length="$MAX_RESPONSE_LENGTH"
     data.train_batch_size="$TRAIN_BATCH_SIZE"
+    data.seed="$SEED"
+    actor_rollout_ref.rollout.seed="$SEED"
     actor_rollout_ref.model.path="$MODEL_PATH"
     actor_rollout_ref.actor.ppo_mini_batch_size="$PPO_MINI_BATCH_SIZE"
     actor_rollout_ref.actor.ppo_max_token_len_per_gpu="$MAX_TOKENS_PER_GPU"
@@ -99,6 +127,8 @@ esac
 
 if [[ $DRY_RUN == 1 ]]; then
     DRY_RUN_ARGS=(--cfg job --resolve)
+    # A YAML comment above verl's config, so the printed file says which preset made it.
+    echo "# PRESET=$PRESET: recipes/config/preset/$PRESET.yaml (reward, advantage normalisation, temperature, gamma)"
 else
     DRY_RUN_ARGS=()
     for file in "$TRAIN_FILES" "$VAL_FILES"; do
