@@ -284,7 +284,7 @@ def _hook_separate_fit_compute_advantage(original: Callable[..., Any]) -> Callab
     def _fit_compute_advantage(self: Any, batch: Any) -> Any:
         if not uses_gtpo_estimator(self.config):
             return original(self, batch)
-        if OLD_ENTROPY not in batch.batch.keys():
+        if OLD_ENTROPY not in batch.batch:
             raise RuntimeError(
                 f"adv_estimator 'gtpo' found no old-policy entropy in {type(self).__name__}'s batch: the old-log-prob "
                 "pass did not run (algorithm.rollout_correction.bypass_mode=true skips it) or the trainer overrides "
