@@ -41,6 +41,7 @@ is imported (:data:`gtpo_plugin.verl_adapter.TRAINER_HOOKS`); installing twice c
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 from collections import Counter
@@ -97,9 +98,8 @@ def install_ray_trainer(module: ModuleType) -> None:
 
 def install_v1_utils(module: ModuleType) -> None:
     """``verl.trainer.ppo.v1.utils`` bound ``compute_advantage`` by name; point it at the wrapper."""
-    from verl.trainer.ppo import ray_trainer  # hooked already: it is imported, and hooked, first
-
-    module.compute_advantage = ray_trainer.compute_advantage
+    ray_trainer = importlib.import_module("verl.trainer.ppo.ray_trainer")  # imported, and hooked, before it
+    setattr(module, "compute_advantage", ray_trainer.compute_advantage)  # noqa: B010 (mypy: ModuleType)
 
 
 def install_v1_trainer(module: ModuleType) -> None:
