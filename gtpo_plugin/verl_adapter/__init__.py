@@ -104,11 +104,13 @@ TRAINER_HOOKS = {
 
 
 def _register(core_algos: ModuleType) -> None:
-    """Put ``gtpo`` in verl's estimator and policy-loss registries (``core_algos`` has just been imported)."""
-    from gtpo_plugin.verl_adapter import estimator, policy_loss
+    """Put ``gtpo`` in verl's estimator and policy-loss registries (``core_algos`` has just been imported).
 
-    estimator.register()
-    policy_loss.register()
+    Each module registers its function when its own code ends: when one of them is what is importing
+    ``core_algos`` right now, it is still half-initialised here and registers a moment later.
+    """
+    from gtpo_plugin.verl_adapter import estimator, policy_loss  # noqa: F401 (imported to register)
+
     logger.info("GTPO plugin: adv_estimator 'gtpo' and policy loss 'gtpo' registered")
 
 
