@@ -34,8 +34,8 @@ is imported (:data:`gtpo_plugin.verl_adapter.TRAINER_HOOKS`); installing twice c
     folders count parameter versions): ⟨H⟩_ini as for v1.
 - legacy trainer ``RayPPOTrainer`` (``trainer.use_v1=false``, deprecated): its ``fit`` discards the
   old-log-prob entropy, so with ``adv_estimator=gtpo`` its ``__init__`` stops with an error saying
-  which trainers to use. A subclass passes when it keeps the two hooked ``SeparateRayPPOTrainer``
-  methods above (its step then supplies the entropy).
+  which trainers to use. A subclass passes when it keeps the hooked ``_fit_compute_advantage`` of
+  ``SeparateRayPPOTrainer`` (its step then supplies the entropy, or that hook raises).
 """
 
 from __future__ import annotations
@@ -128,10 +128,11 @@ def install_one_step_off(module: ModuleType) -> None:
 def install_fully_async(module: ModuleType) -> None:
     """``verl.experimental.fully_async_policy.fully_async_trainer``: start-up checks and ⟨H⟩_ini checkpoints.
 
-    ``FullyAsyncTrainer`` there is a Ray actor class; the hooks go on the class it wraps, which Ray
-    ships to the actor's process with them.
+    ``FullyAsyncTrainer`` there is a Ray actor class. When verl's module defined it, Ray copied every
+    method of verl's class into the subclass it runs (wrapped for tracing), so the hooks go on that
+    subclass, which Ray ships by value to the actor's process, hooks included.
     """
-    trainer = module.FullyAsyncTrainer.__ray_metadata__.modified_class.__ray_actor_class__
+    trainer = module.FullyAsyncTrainer.__ray_metadata__.modified_class
     _wrap(trainer, "__init__", _hook_start_up_checks)
     _wrap(trainer, "_save_checkpoint", _hook_fully_async_save_checkpoint)
     _wrap(trainer, "load_checkpoint", _hook_fully_async_load_checkpoint)
@@ -248,9 +249,12 @@ def _hook_start_up_checks(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _supplies_gtpo_inputs(trainer_class: type) -> bool:
-    """Whether ``trainer_class`` runs its step through the hooked ``SeparateRayPPOTrainer`` methods."""
-    return all(is_hooked(getattr(trainer_class, name, None))
-               for name in ("_compute_old_log_prob", "_fit_compute_advantage"))
+    """Whether ``trainer_class`` runs its advantage step through the hooked ``SeparateRayPPOTrainer`` method.
+
+    (An override of ``_compute_old_log_prob`` that calls verl's, as the fully async trainer's does, still
+    supplies the entropy; one that does not is caught by ``_fit_compute_advantage`` at the first step.)
+    """
+    return is_hooked(getattr(trainer_class, "_fit_compute_advantage", None))
 
 
 def _hook_legacy_init(original: Callable[..., Any]) -> Callable[..., Any]:

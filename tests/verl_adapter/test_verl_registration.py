@@ -59,7 +59,7 @@ def hooked_functions() -> list:
     from verl.trainer.ppo import ray_trainer
     from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-    fully_async = fully_async_trainer.FullyAsyncTrainer.__ray_metadata__.modified_class.__ray_actor_class__
+    fully_async = fully_async_trainer.FullyAsyncTrainer.__ray_metadata__.modified_class  # what Ray runs
     methods = {PPOTrainer: ("__init__", "_compute_advantage", "_save_checkpoint", "_load_checkpoint"),
                SeparateRayPPOTrainer: ("_compute_old_log_prob", "_fit_compute_advantage", "_save_checkpoint",
                                        "_load_checkpoint"),

@@ -122,7 +122,7 @@ def test_other_estimators_start_untouched():
 
 
 def test_legacy_trainer_stops_with_gtpo_and_says_to_use_v1():
-    with pytest.raises(ValueError, match="set trainer.use_v1=true"):
+    with pytest.raises(ValueError, match=r"does not run on RayPPOTrainer.*Use verl.s v1 trainer \(trainer.use_v1=true"):
         RayPPOTrainer(config=verl_config("trainer.use_v1=false"), tokenizer=None, role_worker_mapping={},
                       resource_pool_manager=None)
 
