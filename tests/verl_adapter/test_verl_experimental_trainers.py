@@ -25,7 +25,6 @@ from gtpo_plugin import compute_gtpo_advantage, compute_gtpo_terms, gtpo_metrics
 verl = pytest.importorskip("verl")
 import ray  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.experimental.fully_async_policy import fully_async_trainer  # noqa: E402
