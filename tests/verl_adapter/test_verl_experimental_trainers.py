@@ -295,6 +295,26 @@ def test_kl_in_reward_warns_once_per_run_naming_the_setting(trainer, caplog):
     assert len(kl) == 1 and "GTPO needs no reference model" in kl[0]
 
 
+MISMATCHES = {  # overrides: what the one warning must say
+    "estimator_without_its_loss": (["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"],
+                                   "algorithm.adv_estimator=gtpo with policy_loss.loss_mode=vanilla"),
+    "loss_without_its_estimator": (["algorithm.adv_estimator=grpo"],
+                                   "policy_loss.loss_mode=gtpo with algorithm.adv_estimator=grpo"),
+}
+
+
+@pytest.mark.parametrize("mismatch", sorted(MISMATCHES))
+@pytest.mark.parametrize("trainer", sorted(CONFIGS))
+def test_estimator_and_loss_mismatch_warns_once_per_run_naming_both_settings(trainer, mismatch, caplog):
+    overrides, message = MISMATCHES[mismatch]
+    with caplog.at_level(logging.WARNING, logger="gtpo_plugin"):
+        trainer_ = build(trainer, trainer_config(trainer, *overrides))
+        advantage_step(trainer_, Completions(seed=1))
+        advantage_step(trainer_, Completions(seed=2))
+    warnings = gtpo_warnings(caplog)  # one start-up warning, none from the two steps
+    assert len(warnings) == 1 and message in warnings[0]
+
+
 # ----------------------------------------------------------------------------------------- checkpoint, resume
 
 
