@@ -58,7 +58,7 @@ Contract for code that calls verl's advantage stage directly (the CPU demo, test
   ``trainer.config.algorithm``; the hooks save it to ``global_step_<N>/gtpo_state.json`` with
   each checkpoint and read it back on resume (:mod:`.state`).
 - **Metrics.** ``compute_advantage`` puts this batch's five ``gtpo/*`` floats in
-  ``data.meta_info["gtpo_metrics"]``. In verl's v1 trainer the hooks add them to the step's
+  ``data.meta_info["gtpo_metrics"]``. In verl's trainers the hooks add them to the step's
   metrics, which verl sends to the loggers the user chose (``trainer.logger``).
 - **Errors.** Calling the registered estimator without ``responses`` and ``entropy`` available
   (for example from a trainer the hooks do not cover) raises ``RuntimeError`` naming what is
