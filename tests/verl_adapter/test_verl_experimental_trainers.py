@@ -395,7 +395,6 @@ def _remote_advantage_step(trainer, completions):
     return batch.batch["advantages"], dict(trainer.metrics), trainer.config.algorithm.gtpo.initial_entropy
 
 
-@pytest.mark.slow
 def test_fully_async_trainer_as_a_ray_actor_hooks_itself_in_its_own_process(local_ray):
     # The actor's process imports verl, which loads the plugin there; the hooks must be in place in that process.
     completions = Completions(seed=4)
