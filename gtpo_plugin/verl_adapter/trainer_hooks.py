@@ -130,9 +130,11 @@ def install_fully_async(module: ModuleType) -> None:
 
     ``FullyAsyncTrainer`` there is a Ray actor class. When verl's module defined it, Ray copied every
     method of verl's class into the subclass it runs (wrapped for tracing), so the hooks go on that
-    subclass, which Ray ships by value to the actor's process, hooks included.
+    subclass, which Ray ships by value to the actor's process, hooks included. Its copy of
+    ``_fit_compute_advantage`` already wraps the hooked one unless the module was imported before the plugin.
     """
     trainer = module.FullyAsyncTrainer.__ray_metadata__.modified_class
+    _wrap(trainer, "_fit_compute_advantage", _hook_separate_fit_compute_advantage)
     _wrap(trainer, "__init__", _hook_start_up_checks)
     _wrap(trainer, "_save_checkpoint", _hook_fully_async_save_checkpoint)
     _wrap(trainer, "load_checkpoint", _hook_fully_async_load_checkpoint)

@@ -51,6 +51,7 @@ hooks = {
     "SeparateRayPPOTrainer._load_checkpoint": SeparateRayPPOTrainer._load_checkpoint,
     "OneStepOffRayTrainer.__init__": OneStepOffRayTrainer.__init__,
     "FullyAsyncTrainer.__init__": fully_async.__init__,
+    "FullyAsyncTrainer._fit_compute_advantage": fully_async._fit_compute_advantage,  # Ray's copy
     "FullyAsyncTrainer._save_checkpoint": fully_async._save_checkpoint,
     "FullyAsyncTrainer.load_checkpoint": fully_async.load_checkpoint,
 }
