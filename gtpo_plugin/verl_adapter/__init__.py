@@ -7,8 +7,15 @@ default ``auto``). Loading it:
 1. checks that the installed verl is a supported version (:data:`SUPPORTED_VERL_VERSIONS`) and
    raises ``ImportError`` naming them otherwise, rather than computing something else;
 2. registers the advantage estimator ``gtpo`` (:mod:`.estimator`) and the policy loss ``gtpo``
-   (:mod:`.policy_loss`) in verl's registries;
-3. installs the trainer hooks (:mod:`.trainer_hooks`, the one module that changes verl's code paths).
+   (:mod:`.policy_loss`) in verl's registries when ``verl.trainer.ppo.core_algos``, where they live,
+   is imported;
+3. installs the trainer hooks (:mod:`.trainer_hooks`, the one module that changes verl's code paths)
+   on each of verl's trainer modules when it is imported (:data:`TRAINER_HOOKS`).
+
+Steps 2 and 3 run at once for modules imported before the plugin, otherwise right after the module's
+own code (:mod:`.import_hooks`), so the order of imports does not matter. Deferring them keeps loading
+the plugin cheap in a process that never imports verl's trainers (a Ray worker): ``core_algos`` alone
+pulls in ``verl.workers.config`` and transformers, the trainer modules a few seconds more.
 
 verl logs a plugin that fails to import at debug level only; this module logs the failure at
 warning level before re-raising. ``VERL_USE_EXTERNAL_MODULES=gtpo_plugin.verl_adapter`` imports it
@@ -52,7 +59,7 @@ Contract for code that calls verl's advantage stage directly (the CPU demo, test
   ``trainer.config.algorithm``; the hooks save it to ``global_step_<N>/gtpo_state.json`` with
   each checkpoint and read it back on resume (:mod:`.state`).
 - **Metrics.** ``compute_advantage`` puts this batch's five ``gtpo/*`` floats in
-  ``data.meta_info["gtpo_metrics"]``. In verl's v1 trainer the hooks add them to the step's
+  ``data.meta_info["gtpo_metrics"]``. In verl's trainers the hooks add them to the step's
   metrics, which verl sends to the loggers the user chose (``trainer.logger``).
 - **Errors.** Calling the registered estimator without ``responses`` and ``entropy`` available
   (for example from a trainer the hooks do not cover) raises ``RuntimeError`` naming what is
@@ -65,8 +72,11 @@ In a training run nothing of this is needed: set ``algorithm.adv_estimator=gtpo`
 from __future__ import annotations
 
 import logging
+from types import ModuleType
 
 import verl
+
+from gtpo_plugin.verl_adapter import import_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +93,42 @@ def check_verl_version(version: str) -> None:
         )
 
 
+#: verl's trainer modules and the :mod:`.trainer_hooks` function that hooks each when it is imported.
+TRAINER_HOOKS = {
+    "verl.trainer.ppo.ray_trainer": "install_ray_trainer",
+    "verl.trainer.ppo.v1.utils": "install_v1_utils",
+    "verl.trainer.ppo.v1.trainer_base": "install_v1_trainer",
+    "verl.experimental.separation.ray_trainer": "install_separation",
+    "verl.experimental.one_step_off_policy.ray_trainer": "install_one_step_off",
+    "verl.experimental.fully_async_policy.fully_async_trainer": "install_fully_async",
+}
+
+
+def _register(core_algos: ModuleType) -> None:
+    """Put ``gtpo`` in verl's estimator and policy-loss registries (``core_algos`` has just been imported).
+
+    Each module registers its function when its own code ends: when one of them is what is importing
+    ``core_algos`` right now, it is still half-initialised here and registers a moment later.
+    """
+    from gtpo_plugin.verl_adapter import estimator, policy_loss  # noqa: F401 (imported to register)
+
+    logger.info("GTPO plugin: adv_estimator 'gtpo' and policy loss 'gtpo' registered")
+
+
+def _hook_trainer(module: ModuleType) -> None:
+    """Install the trainer hooks of ``module``, one of :data:`TRAINER_HOOKS` (it has just been imported)."""
+    from gtpo_plugin.verl_adapter import trainer_hooks
+
+    getattr(trainer_hooks, TRAINER_HOOKS[module.__name__])(module)
+    logger.info("GTPO plugin: trainer hooks installed on %s", module.__name__)
+
+
 def _load() -> None:
     check_verl_version(verl.__version__)
-    # Imported after the version check: on another verl these imports could fail obscurely.
-    from gtpo_plugin.verl_adapter import estimator, policy_loss, trainer_hooks
-
-    estimator.register()
-    policy_loss.register()
-    trainer_hooks.install()
-    logger.info("GTPO plugin loaded: adv_estimator 'gtpo', policy loss 'gtpo', trainer hooks installed")
+    # Nothing verl-specific is imported before the version check: on another verl it could fail obscurely.
+    import_hooks.when_imported("verl.trainer.ppo.core_algos", _register)
+    for module_name in TRAINER_HOOKS:  # in dependency order, for modules imported before the plugin
+        import_hooks.when_imported(module_name, _hook_trainer)
 
 
 try:

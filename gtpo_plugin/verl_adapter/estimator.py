@@ -107,3 +107,6 @@ def register() -> None:
     """Register the estimator as ``gtpo``; verl's registry refuses a different function under that name."""
     if ADV_ESTIMATOR_REGISTRY.get(GTPO) is not compute_gtpo_outcome_advantage:
         register_adv_est(GTPO)(compute_gtpo_outcome_advantage)
+
+
+register()  # on import, so that an import cycle through core_algos (see verl_adapter._register) still registers

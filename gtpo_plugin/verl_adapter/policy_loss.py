@@ -67,3 +67,6 @@ def register() -> None:
         raise ValueError(f"verl already has a policy loss named 'gtpo' ({existing.__module__}.{existing.__name__}); "
                          "refusing to replace it")
     register_policy_loss(GTPO)(compute_policy_loss_gtpo)
+
+
+register()  # on import, so that an import cycle through core_algos (see verl_adapter._register) still registers

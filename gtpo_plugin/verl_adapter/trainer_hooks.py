@@ -1,11 +1,13 @@
-"""The one place where the GTPO plugin changes verl's code paths (verl 0.9.1), installed at plugin load.
+"""The one place where the GTPO plugin changes verl's code paths (verl 0.9.1).
 
 Each hook wraps a verl function, calls the original, and acts only when the run selects
-``algorithm.adv_estimator=gtpo``; for every other run they pass straight through.
+``algorithm.adv_estimator=gtpo`` (the start-up checks also for ``loss_mode=gtpo``); for every other run
+they pass straight through. The ``install_*`` functions take the verl module they hook and run when it
+is imported (:data:`gtpo_plugin.verl_adapter.TRAINER_HOOKS`); installing twice changes nothing.
 
 - ``verl.trainer.ppo.ray_trainer.compute_advantage``: when the ``DataProto`` holds ``responses``
   and ``entropy``, makes them visible to the ``gtpo`` estimator and puts the batch's GTPO metrics
-  in ``data.meta_info["gtpo_metrics"]`` (``verl.trainer.ppo.v1.utils``, which imported the function
+  in ``data.meta_info["gtpo_metrics"]`` (``verl.trainer.ppo.v1.utils``, which imports the function
   by name, is pointed at the wrapper too).
 - v1 trainer ``PPOTrainer`` (``trainer.use_v1=true``; the ``sync``, ``colocate_async`` and
   ``separate_async`` trainers inherit these methods unchanged):
@@ -18,32 +20,59 @@ Each hook wraps a verl function, calls the original, and acts only when the run 
     metrics, which verl logs once per step. Agent loops with several outputs per session are
     refused (verl's GRPO special-cases them; GTPO does not define that case);
   - ``_save_checkpoint`` / ``_load_checkpoint``: ⟨H⟩_ini to and from ``global_step_<N>/gtpo_state.json``.
-- legacy trainer ``RayPPOTrainer`` (``trainer.use_v1=false``, deprecated; the experimental
-  separation, one-step-off-policy and fully-async trainers derive from it): it discards the
-  old-log-prob entropy, so with ``adv_estimator=gtpo`` its ``__init__`` stops with an error
-  saying to use the v1 trainer.
+- ``SeparateRayPPOTrainer`` (``verl.experimental.separation``) and the trainers built on it,
+  ``OneStepOffRayTrainer`` (one-step-off-policy) and ``FullyAsyncTrainer`` (fully async), which run
+  their step as ``_fit_compute_log_prob`` → ... → ``_fit_compute_advantage`` on a ``DataProto``:
+
+  - ``_compute_old_log_prob``: keeps a reference to the old policy's per-token entropy under
+    :data:`OLD_ENTROPY`, which ``_fit_compute_log_prob`` merges into the batch (verl itself pops it);
+  - ``_fit_compute_advantage``: takes it out of the batch again (the actor update never sees it),
+    hands it and ``responses`` to the estimator, and adds the GTPO metrics to ``self.metrics``;
+  - start-up checks: ``SeparateRayPPOTrainer`` runs them through ``RayPPOTrainer.__init__`` (below);
+    the one-step-off and fully-async trainers never call it and get their own ``__init__`` hook;
+  - ``_save_checkpoint`` / ``_load_checkpoint`` (``load_checkpoint`` for fully async, whose step
+    folders count parameter versions): ⟨H⟩_ini as for v1.
+- legacy trainer ``RayPPOTrainer`` (``trainer.use_v1=false``, deprecated): its ``fit`` discards the
+  old-log-prob entropy, so with ``adv_estimator=gtpo`` its ``__init__`` stops with an error saying
+  which trainers to use. A subclass passes when it keeps the hooked ``_fit_compute_advantage`` of
+  ``SeparateRayPPOTrainer`` (its step then supplies the entropy, or that hook raises).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
 import torch
 import transfer_queue as tq
-from verl.trainer.ppo import ray_trainer
-from verl.trainer.ppo.v1 import utils as v1_utils
-from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
 from gtpo_plugin.verl_adapter.estimator import gtpo_batch
-from gtpo_plugin.verl_adapter.settings import GTPO, check_trainer_config, norm_adv_by_std, uses_gtpo_estimator
+from gtpo_plugin.verl_adapter.settings import (
+    GTPO,
+    check_trainer_config,
+    norm_adv_by_std,
+    uses_gtpo_estimator,
+    uses_gtpo_loss,
+)
 from gtpo_plugin.verl_adapter.state import load_state, save_state
 
 _MARK = "__gtpo_hook__"
+
+#: Batch field under which the separation-family hooks carry the old policy's entropy, ``[B, L]``.
+OLD_ENTROPY = "gtpo_old_entropy"
+
+#: What the refusal of a trainer that cannot give GTPO its entropy recommends.
+SUPPORTED_TRAINERS = (
+    "verl's v1 trainer (trainer.use_v1=true, verl's default: python3 -m verl.trainer.main_ppo), the one-step-off "
+    "trainer (python3 -m verl.experimental.one_step_off_policy.main_ppo) or the fully async trainer "
+    "(python3 -m verl.experimental.fully_async_policy.fully_async_main)"
+)
 
 
 def _wrap(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
@@ -56,16 +85,59 @@ def _wrap(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[.
     setattr(owner, name, wrapper)
 
 
-def install() -> None:
-    """Install every hook listed in the module docstring."""
-    _wrap(ray_trainer, "compute_advantage", _hook_compute_advantage)
-    # v1/utils.py bound verl's function by name when it was imported (above, before the wrap): rebind it.
-    v1_utils.compute_advantage = ray_trainer.compute_advantage
-    _wrap(PPOTrainer, "__init__", _hook_v1_init)
-    _wrap(PPOTrainer, "_compute_advantage", _hook_v1_compute_advantage)
-    _wrap(PPOTrainer, "_save_checkpoint", _hook_v1_save_checkpoint)
-    _wrap(PPOTrainer, "_load_checkpoint", _hook_v1_load_checkpoint)
-    _wrap(ray_trainer.RayPPOTrainer, "__init__", _hook_legacy_init)
+def is_hooked(function: Any) -> bool:
+    """Whether ``function`` is one of this module's wrappers."""
+    return bool(getattr(function, _MARK, False))
+
+
+def install_ray_trainer(module: ModuleType) -> None:
+    """``verl.trainer.ppo.ray_trainer``: ``compute_advantage`` and the legacy trainer's ``__init__``."""
+    _wrap(module, "compute_advantage", _hook_compute_advantage)
+    _wrap(module.RayPPOTrainer, "__init__", _hook_legacy_init)
+
+
+def install_v1_utils(module: ModuleType) -> None:
+    """``verl.trainer.ppo.v1.utils`` bound ``compute_advantage`` by name; point it at the wrapper."""
+    ray_trainer = importlib.import_module("verl.trainer.ppo.ray_trainer")  # imported, and hooked, before it
+    setattr(module, "compute_advantage", ray_trainer.compute_advantage)  # noqa: B010 (mypy: ModuleType)
+
+
+def install_v1_trainer(module: ModuleType) -> None:
+    """``verl.trainer.ppo.v1.trainer_base``: the v1 ``PPOTrainer`` (all three trainer modes)."""
+    trainer = module.PPOTrainer
+    _wrap(trainer, "__init__", _hook_v1_init)
+    _wrap(trainer, "_compute_advantage", _hook_v1_compute_advantage)
+    _wrap(trainer, "_save_checkpoint", _hook_v1_save_checkpoint)
+    _wrap(trainer, "_load_checkpoint", _hook_v1_load_checkpoint)
+
+
+def install_separation(module: ModuleType) -> None:
+    """``verl.experimental.separation.ray_trainer``: the step of ``SeparateRayPPOTrainer`` and its subclasses."""
+    trainer = module.SeparateRayPPOTrainer
+    _wrap(trainer, "_compute_old_log_prob", _hook_separate_compute_old_log_prob)
+    _wrap(trainer, "_fit_compute_advantage", _hook_separate_fit_compute_advantage)
+    _wrap(trainer, "_save_checkpoint", _hook_v1_save_checkpoint)  # same folder layout as v1's
+    _wrap(trainer, "_load_checkpoint", _hook_v1_load_checkpoint)
+
+
+def install_one_step_off(module: ModuleType) -> None:
+    """``verl.experimental.one_step_off_policy.ray_trainer``: start-up checks (its ``__init__`` is its own)."""
+    _wrap(module.OneStepOffRayTrainer, "__init__", _hook_start_up_checks)
+
+
+def install_fully_async(module: ModuleType) -> None:
+    """``verl.experimental.fully_async_policy.fully_async_trainer``: start-up checks and ⟨H⟩_ini checkpoints.
+
+    ``FullyAsyncTrainer`` there is a Ray actor class. When verl's module defined it, Ray copied every
+    method of verl's class into the subclass it runs (wrapped for tracing), so the hooks go on that
+    subclass, which Ray ships by value to the actor's process, hooks included. Its copy of
+    ``_fit_compute_advantage`` already wraps the hooked one unless the module was imported before the plugin.
+    """
+    trainer = module.FullyAsyncTrainer.__ray_metadata__.modified_class
+    _wrap(trainer, "_fit_compute_advantage", _hook_separate_fit_compute_advantage)
+    _wrap(trainer, "__init__", _hook_start_up_checks)
+    _wrap(trainer, "_save_checkpoint", _hook_fully_async_save_checkpoint)
+    _wrap(trainer, "load_checkpoint", _hook_fully_async_load_checkpoint)
 
 
 def _hook_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -93,7 +165,7 @@ def _hook_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _hook_v1_init(original: Callable[..., Any]) -> Callable[..., Any]:
-    def __init__(self: PPOTrainer, config: Any, *args: Any, **kwargs: Any) -> None:
+    def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
         check_trainer_config(config)
         original(self, config, *args, **kwargs)
 
@@ -132,7 +204,7 @@ def _fetch_responses_and_entropy(batch: Any) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _hook_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _compute_advantage(self: PPOTrainer, batch: Any, metrics: dict) -> Any:
+    def _compute_advantage(self: Any, batch: Any, metrics: dict) -> Any:
         if not uses_gtpo_estimator(self.config):
             return original(self, batch, metrics)
         _check_one_output_per_session(batch.keys)
@@ -153,7 +225,7 @@ def _step_folder(trainer_config: Any, global_steps: int) -> str:
 
 
 def _hook_v1_save_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _save_checkpoint(self: PPOTrainer) -> Any:
+    def _save_checkpoint(self: Any) -> Any:
         if uses_gtpo_estimator(self.config):
             # Written before verl records this step as the latest checkpoint, so a resume never misses it.
             folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
@@ -164,7 +236,7 @@ def _hook_v1_save_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]
 
 
 def _hook_v1_load_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _load_checkpoint(self: PPOTrainer) -> Any:
+    def _load_checkpoint(self: Any) -> Any:
         result = original(self)
         if uses_gtpo_estimator(self.config) and self.global_steps > 0:
             load_state(self.config.algorithm, _step_folder(self.config.trainer, self.global_steps))
@@ -173,16 +245,86 @@ def _hook_v1_load_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]
     return _load_checkpoint
 
 
+def _hook_start_up_checks(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``__init__`` of a trainer that sets ``self.config`` itself: the start-up checks, then verl's code."""
+    def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
+        check_trainer_config(config)
+        original(self, config, *args, **kwargs)
+
+    return __init__
+
+
+def _supplies_gtpo_inputs(trainer_class: type) -> bool:
+    """Whether ``trainer_class`` runs its advantage step through the hooked ``SeparateRayPPOTrainer`` method.
+
+    (An override of ``_compute_old_log_prob`` that calls verl's, as the fully async trainer's does, still
+    supplies the entropy; one that does not is caught by ``_fit_compute_advantage`` at the first step.)
+    """
+    return is_hooked(getattr(trainer_class, "_fit_compute_advantage", None))
+
+
 def _hook_legacy_init(original: Callable[..., Any]) -> Callable[..., Any]:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         config = kwargs["config"] if "config" in kwargs else (args[0] if args else None)
-        if config is not None and uses_gtpo_estimator(config):
+        if config is not None and uses_gtpo_estimator(config) and not _supplies_gtpo_inputs(type(self)):
             raise ValueError(
-                "algorithm.adv_estimator=gtpo runs on verl's v1 trainer only: set trainer.use_v1=true (verl's "
-                "default). "
-                "The legacy RayPPOTrainer (trainer.use_v1=false, deprecated) and the experimental trainers built on it "
-                "discard the old policy's per-token entropy that GTPO needs."
+                f"algorithm.adv_estimator=gtpo does not run on {type(self).__name__}: the legacy trainer "
+                "(trainer.use_v1=false, deprecated) discards the old policy's per-token entropy that GTPO needs. "
+                f"Use {SUPPORTED_TRAINERS}."
             )
+        if config is not None and (uses_gtpo_estimator(config) or uses_gtpo_loss(config)):
+            check_trainer_config(config)
         original(self, *args, **kwargs)
 
     return __init__
+
+
+def _hook_separate_compute_old_log_prob(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _compute_old_log_prob(self: Any, batch: Any) -> Any:
+        old_log_prob, *rest = original(self, batch)
+        if uses_gtpo_estimator(self.config):
+            # verl pops "entropys" before merging this into the batch; a second name keeps it there.
+            old_log_prob.batch[OLD_ENTROPY] = old_log_prob.batch["entropys"]
+        return (old_log_prob, *rest)
+
+    return _compute_old_log_prob
+
+
+def _hook_separate_fit_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _fit_compute_advantage(self: Any, batch: Any) -> Any:
+        if not uses_gtpo_estimator(self.config):
+            return original(self, batch)
+        if OLD_ENTROPY not in batch.batch:
+            raise RuntimeError(
+                f"adv_estimator 'gtpo' found no old-policy entropy in {type(self).__name__}'s batch: the old-log-prob "
+                "pass did not run (algorithm.rollout_correction.bypass_mode=true skips it) or the trainer overrides "
+                "_fit_compute_log_prob/_compute_old_log_prob; GTPO needs it"
+            )
+        entropy = batch.batch.pop(OLD_ENTROPY)  # not sent on to the actor update
+        with gtpo_batch(batch.batch["responses"], entropy) as inputs:
+            batch = original(self, batch)
+        self.metrics.update(inputs.metrics)
+        return batch
+
+    return _fit_compute_advantage
+
+
+def _hook_fully_async_save_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
+    def _save_checkpoint(self: Any) -> Any:
+        if uses_gtpo_estimator(self.config):
+            # The fully async trainer names its step folders after the parameter version.
+            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.current_param_version}")
+            save_state(self.config.algorithm, folder)
+        return original(self)
+
+    return _save_checkpoint
+
+
+def _hook_fully_async_load_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def load_checkpoint(self: Any) -> Any:
+        result = await original(self)
+        if uses_gtpo_estimator(self.config) and self.current_param_version > 0:
+            load_state(self.config.algorithm, _step_folder(self.config.trainer, self.current_param_version))
+        return result
+
+    return load_checkpoint

@@ -51,22 +51,36 @@ def test_a_failed_load_is_logged_at_warning_level_and_raised(monkeypatch, caplog
     importlib.reload(adapter)  # back to a loaded adapter for the other tests
 
 
+def hooked_functions() -> list:
+    """Every verl function the trainer hooks replace, read from verl's modules as they are now."""
+    from verl.experimental.fully_async_policy import fully_async_trainer
+    from verl.experimental.one_step_off_policy.ray_trainer import OneStepOffRayTrainer
+    from verl.experimental.separation.ray_trainer import SeparateRayPPOTrainer
+    from verl.trainer.ppo import ray_trainer
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    fully_async = fully_async_trainer.FullyAsyncTrainer.__ray_metadata__.modified_class  # what Ray runs
+    methods = {PPOTrainer: ("__init__", "_compute_advantage", "_save_checkpoint", "_load_checkpoint"),
+               SeparateRayPPOTrainer: ("_compute_old_log_prob", "_fit_compute_advantage", "_save_checkpoint",
+                                       "_load_checkpoint"),
+               OneStepOffRayTrainer: ("__init__",),
+               fully_async: ("__init__", "_save_checkpoint", "load_checkpoint"),
+               ray_trainer.RayPPOTrainer: ("__init__",)}
+    return [ray_trainer.compute_advantage] + [getattr(owner, name) for owner, names in methods.items()
+                                              for name in names]
+
+
 def test_hooks_wrap_verls_functions_once():
     from verl.trainer.ppo import ray_trainer
     from verl.trainer.ppo.v1 import utils as v1_utils
-    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
 
-    hooked = [getattr(PPOTrainer, name) for name in
-              ("__init__", "_compute_advantage", "_save_checkpoint", "_load_checkpoint")]
-    hooked += [ray_trainer.compute_advantage, ray_trainer.RayPPOTrainer.__init__]
-    trainer_hooks.install()  # a second install changes nothing
-    assert hooked[:4] == [getattr(PPOTrainer, name) for name in
-                          ("__init__", "_compute_advantage", "_save_checkpoint", "_load_checkpoint")]
-    assert hooked[4:] == [ray_trainer.compute_advantage, ray_trainer.RayPPOTrainer.__init__]
+    hooked = hooked_functions()
+    adapter._load()  # loading again (every module already imported) changes nothing
+    assert hooked_functions() == hooked
     assert v1_utils.compute_advantage is ray_trainer.compute_advantage
     for function in hooked:
-        assert getattr(function, "__gtpo_hook__", False)
-        assert not getattr(function.__wrapped__, "__gtpo_hook__", False)  # wraps verl's own function
+        assert trainer_hooks.is_hooked(function)
+        assert not trainer_hooks.is_hooked(function.__wrapped__)  # wraps verl's own function
 
 
 def test_fsdp_and_megatron_engines_share_the_loss_the_policy_loss_tests_call():

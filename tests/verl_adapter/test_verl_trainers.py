@@ -115,6 +115,24 @@ def test_a_kl_term_is_allowed_with_a_warning(caplog):
     assert trainer.use_reference_policy is True
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["algorithm.use_kl_in_reward=true"], "KL term is on (algorithm.use_kl_in_reward=True"),
+    (["actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"],
+     "algorithm.adv_estimator=gtpo with policy_loss.loss_mode=vanilla"),
+    (["algorithm.adv_estimator=grpo"], "policy_loss.loss_mode=gtpo with algorithm.adv_estimator=grpo"),
+])
+@pytest.mark.parametrize("trainer", sorted(TRAINERS))
+def test_kl_in_reward_and_a_mismatched_loss_warn_once_at_start_up_naming_the_setting(trainer, overrides, message,
+                                                                                   caplog):
+    # Once per run: the check runs in __init__ only (the step-level "once" is tested on the experimental
+    # trainers, whose steps run without TransferQueue: test_verl_experimental_trainers.py).
+    cls, extra = TRAINERS[trainer]
+    with caplog.at_level(logging.WARNING, logger="gtpo_plugin"):
+        cls(verl_config(*extra, *overrides))
+    warnings = [record.getMessage() for record in caplog.records if record.name.startswith("gtpo_plugin")]
+    assert len(warnings) == 1 and message in warnings[0]
+
+
 def test_other_estimators_start_untouched():
     config = verl_config("algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla")
     PPOTrainerSync(config)
@@ -122,7 +140,7 @@ def test_other_estimators_start_untouched():
 
 
 def test_legacy_trainer_stops_with_gtpo_and_says_to_use_v1():
-    with pytest.raises(ValueError, match="set trainer.use_v1=true"):
+    with pytest.raises(ValueError, match=r"does not run on RayPPOTrainer.*Use verl.s v1 trainer \(trainer.use_v1=true"):
         RayPPOTrainer(config=verl_config("trainer.use_v1=false"), tokenizer=None, role_worker_mapping={},
                       resource_pool_manager=None)
 
