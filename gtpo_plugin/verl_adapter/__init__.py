@@ -69,7 +69,7 @@ import verl
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_VERL_VERSIONS = ("0.9.1",)
+SUPPORTED_VERL_VERSIONS = ("0.9.0", "0.9.1")
 
 
 def check_verl_version(version: str) -> None:
