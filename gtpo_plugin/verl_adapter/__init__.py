@@ -77,7 +77,8 @@ def check_verl_version(version: str) -> None:
     if version not in SUPPORTED_VERL_VERSIONS:
         raise ImportError(
             f"gtpo_plugin.verl_adapter supports verl {', '.join(SUPPORTED_VERL_VERSIONS)} only, found verl {version}; "
-            f"install a supported version (pip install 'gtpo-plugin[verl]') or uninstall gtpo-plugin. "
+            f"install a supported version (e.g. pip install 'verl[verl-core]=={SUPPORTED_VERL_VERSIONS[-1]}') or "
+            "uninstall gtpo-plugin. "
             "The adapter patches verl's trainers and would not be correct on another version."
         )
 
