@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import logging
 import os
 import shutil
@@ -33,13 +34,26 @@ from pathlib import Path
 
 logger = logging.getLogger("verl_own_tests")
 
-# verl's tests that run on a CPU without Ray workers or a model download: the trainer's algorithm
-# layer (advantage estimators, policy losses, loss aggregation, metrics), DataProto and the config base.
+# verl's tests that run on a CPU without a Ray cluster or a model download: the trainer's algorithm
+# layer (advantage estimators, policy losses, loss aggregation, metrics), DataProto, the config base,
+# and the *_on_cpu tests of the checkpoint engine, agent loop, tools and fully-async config.
 DEFAULT_PATHS = (
     "tests/trainer",
     "tests/test_protocol_on_cpu.py",
     "tests/test_protocol_v2_on_cpu.py",
     "tests/test_base_config_on_cpu.py",
+    "tests/checkpoint_engine/test_fsdp_lora_only_checkpoint_on_cpu.py",
+    "tests/checkpoint_engine/test_global_steps_on_cpu.py",
+    "tests/checkpoint_engine/test_sglang_fusion_bucketing_on_cpu.py",
+    "tests/experimental/agent_loop/test_agent_loop_extra_fields_schema_on_cpu.py",
+    "tests/experimental/agent_loop/test_audio_server_contract_on_cpu.py",
+    "tests/experimental/agent_loop/test_call_tool_on_cpu.py",
+    "tests/experimental/agent_loop/test_multimodal_position_ids_on_cpu.py",
+    "tests/experimental/agent_loop/test_qwen3_tool_parser_on_cpu.py",
+    "tests/experimental/agent_loop/test_tool_call_id_on_cpu.py",
+    "tests/experimental/fully_async_policy/test_async_genrm_config_on_cpu.py",
+    "tests/tools/test_function_tool_on_cpu.py",
+    "tests/tools/test_mixed_tools_on_cpu.py",
 )
 PLUGIN_ENV = ("VERL_USE_EXTERNAL_PLUGINS", "VERL_USE_EXTERNAL_MODULES")
 CHECK_GTPO = (
@@ -63,6 +77,15 @@ def verl_sdist_tests(version: str, cache_dir: Path, work_dir: Path) -> Path:
             member.name = member.name[len(f"verl-{version}/"):]
         tar.extractall(work_dir, members=members, filter="data")
     (work_dir / "pytest.ini").write_text("[pytest]\n")  # keep any outer configuration out
+    # Some tests read verl's source files relative to the repository root: point verl/ at the installed
+    # package (so `import verl` from here is still the installed verl, not a second copy).
+    installed = importlib.util.find_spec("verl")
+    if installed is None or not installed.submodule_search_locations:
+        raise RuntimeError("verl is not installed in this environment")
+    link = work_dir / "verl"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(Path(list(installed.submodule_search_locations)[0]).resolve(), target_is_directory=True)
     return work_dir
 
 
@@ -95,9 +118,15 @@ def run_tests(work_dir: Path, paths: list[str], with_plugin: bool, timeout: int)
     if not report.exists():
         raise RuntimeError(f"pytest wrote no report (exit {result.returncode}):\n{result.stdout[-3000:]}"
                            f"{result.stderr[-3000:]}")
+    return read_junit(report)
+
+
+def read_junit(report: Path) -> dict[str, str]:
+    """Every test case of a JUnit XML report: ``{"classname::name": "passed" | "failed" | "error" | "skipped"}``."""
+    names = {"failure": "failed", "error": "error", "skipped": "skipped"}
     outcomes = {}
     for case in ET.parse(report).iter("testcase"):
-        kinds = [child.tag for child in case if child.tag in {"failure", "error", "skipped"}]
+        kinds = [names[child.tag] for child in case if child.tag in names]
         outcomes[f"{case.get('classname')}::{case.get('name')}"] = kinds[0] if kinds else "passed"
     return outcomes
 

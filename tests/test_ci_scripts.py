@@ -87,3 +87,18 @@ def test_the_plugin_run_differs_from_the_other_only_in_verls_plugin_switches(mon
     assert "VERL_USE_EXTERNAL_PLUGINS" not in with_plugin and "VERL_USE_EXTERNAL_MODULES" not in with_plugin
     assert without["VERL_USE_EXTERNAL_PLUGINS"] == "none" and "VERL_USE_EXTERNAL_MODULES" not in without
     assert {k: v for k, v in without.items() if k != "VERL_USE_EXTERNAL_PLUGINS"} == with_plugin
+
+
+def test_junit_reports_are_read_case_by_case(tmp_path):
+    report = tmp_path / "report.xml"
+    report.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.a" name="t1"/>'
+        '<testcase classname="tests.a" name="t2"><failure message="x"/></testcase>'
+        '<testcase classname="tests.a" name="t3"><error message="x"/></testcase>'
+        '<testcase classname="tests.b" name="t4"><skipped message="x"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    assert verl_own_tests.read_junit(report) == {
+        "tests.a::t1": "passed", "tests.a::t2": "failed", "tests.a::t3": "error", "tests.b::t4": "skipped",
+    }
