@@ -80,7 +80,7 @@ from gtpo_plugin.verl_adapter import import_hooks
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_VERL_VERSIONS = ("0.9.1",)
+SUPPORTED_VERL_VERSIONS = ("0.9.0", "0.9.1")
 
 
 def check_verl_version(version: str) -> None:
@@ -88,7 +88,8 @@ def check_verl_version(version: str) -> None:
     if version not in SUPPORTED_VERL_VERSIONS:
         raise ImportError(
             f"gtpo_plugin.verl_adapter supports verl {', '.join(SUPPORTED_VERL_VERSIONS)} only, found verl {version}; "
-            f"install a supported version (pip install 'gtpo-plugin[verl]') or uninstall gtpo-plugin. "
+            f"install a supported version (e.g. pip install 'verl[verl-core]=={SUPPORTED_VERL_VERSIONS[-1]}') or "
+            "uninstall gtpo-plugin. "
             "The adapter patches verl's trainers and would not be correct on another version."
         )
 

@@ -36,10 +36,15 @@ def test_verl_use_external_modules_loads_the_adapter_without_entry_points():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("version", ["0.9.0", "0.9.2", "0.10.0.dev0"])
+@pytest.mark.parametrize("version", ["0.8.5", "0.9.0rc1", "0.9.2", "0.10.0.dev0"])
 def test_unsupported_verl_versions_are_refused_naming_the_supported_ones(version):
-    with pytest.raises(ImportError, match=rf"supports verl 0\.9\.1 only, found verl {version}"):
+    with pytest.raises(ImportError, match=rf"supports verl 0\.9\.0, 0\.9\.1 only, found verl {version}"):
         adapter.check_verl_version(version)
+
+
+@pytest.mark.parametrize("version", ["0.9.0", "0.9.1"])
+def test_supported_verl_versions_are_accepted(version):
+    adapter.check_verl_version(version)
 
 
 def test_a_failed_load_is_logged_at_warning_level_and_raised(monkeypatch, caplog):

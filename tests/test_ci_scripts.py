@@ -1,0 +1,104 @@
+"""The checks inside the CI scripts: the wheel-contents check and the with/without-plugin comparison."""
+
+from __future__ import annotations
+
+import importlib.util
+import zipfile
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_install = load_script("check_install")
+verl_own_tests = load_script("verl_own_tests")
+
+ENTRY_POINTS = """[console_scripts]
+gtpo-demo = gtpo_plugin.demo:main
+gtpo-eval = gtpo_plugin.evaluation.cli:main
+
+[verl.plugins]
+gtpo = gtpo_plugin.verl_adapter
+"""
+
+
+def make_wheel(path: Path, *, leave_out: str | None = None, entry_points: str = ENTRY_POINTS,
+               extra: str | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in sorted(check_install.package_files()):
+            if name != leave_out:
+                archive.writestr(name, "")
+        archive.writestr("gtpo_plugin-0.1.0.dist-info/entry_points.txt", entry_points)
+        if extra:
+            archive.writestr(extra, "")
+    return path
+
+
+def test_package_files_cover_the_adapter_and_skip_caches():
+    files = check_install.package_files()
+    assert "gtpo_plugin/verl_adapter/__init__.py" in files and "gtpo_plugin/demo/cli.py" in files
+    assert not any("__pycache__" in name or name.endswith(".pyc") for name in files)
+
+
+def test_a_complete_wheel_passes(tmp_path):
+    check_install.check_wheel_contents(make_wheel(tmp_path / "ok.whl"))
+
+
+def test_a_wheel_missing_a_module_fails_naming_it(tmp_path):
+    wheel = make_wheel(tmp_path / "bad.whl", leave_out="gtpo_plugin/verl_adapter/trainer_hooks.py")
+    with pytest.raises(AssertionError, match="trainer_hooks.py"):
+        check_install.check_wheel_contents(wheel)
+
+
+def test_a_wheel_with_files_outside_the_package_fails(tmp_path):
+    with pytest.raises(AssertionError, match="outside gtpo_plugin/: \\['tests/test_loss.py'\\]"):
+        check_install.check_wheel_contents(make_wheel(tmp_path / "bad.whl", extra="tests/test_loss.py"))
+
+
+def test_a_wheel_without_the_verl_entry_point_fails(tmp_path):
+    wheel = make_wheel(tmp_path / "bad.whl", entry_points=ENTRY_POINTS.split("[verl.plugins]")[0])
+    with pytest.raises(AssertionError, match="verl.plugins:gtpo"):
+        check_install.check_wheel_contents(wheel)
+
+
+def test_compare_reports_changed_and_missing_outcomes():
+    without = {"a::t1": "passed", "a::t2": "failed", "a::t3": "skipped"}
+    assert verl_own_tests.compare(without, dict(without)) == []
+    with_ = {"a::t1": "failed", "a::t2": "failed", "a::t4": "passed"}
+    assert verl_own_tests.compare(without, with_) == [
+        "a::t1: without plugin passed, with plugin failed",
+        "a::t3: without plugin skipped, with plugin absent",
+        "a::t4: without plugin absent, with plugin passed",
+    ]
+
+
+def test_the_plugin_run_differs_from_the_other_only_in_verls_plugin_switches(monkeypatch):
+    monkeypatch.setenv("VERL_USE_EXTERNAL_MODULES", "gtpo_plugin.verl_adapter")
+    monkeypatch.setenv("VERL_USE_EXTERNAL_PLUGINS", "auto")
+    with_plugin, without = verl_own_tests.run_environment(True), verl_own_tests.run_environment(False)
+    assert "VERL_USE_EXTERNAL_PLUGINS" not in with_plugin and "VERL_USE_EXTERNAL_MODULES" not in with_plugin
+    assert without["VERL_USE_EXTERNAL_PLUGINS"] == "none" and "VERL_USE_EXTERNAL_MODULES" not in without
+    assert {k: v for k, v in without.items() if k != "VERL_USE_EXTERNAL_PLUGINS"} == with_plugin
+
+
+def test_junit_reports_are_read_case_by_case(tmp_path):
+    report = tmp_path / "report.xml"
+    report.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.a" name="t1"/>'
+        '<testcase classname="tests.a" name="t2"><failure message="x"/></testcase>'
+        '<testcase classname="tests.a" name="t3"><error message="x"/></testcase>'
+        '<testcase classname="tests.b" name="t4"><skipped message="x"/></testcase>'
+        "</testsuite></testsuites>"
+    )
+    assert verl_own_tests.read_junit(report) == {
+        "tests.a::t1": "passed", "tests.a::t2": "failed", "tests.a::t3": "error", "tests.b::t4": "skipped",
+    }
