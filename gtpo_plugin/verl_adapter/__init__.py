@@ -1,4 +1,4 @@
-"""GTPO inside verl 0.9.1: the advantage estimator ``gtpo``, the policy loss ``gtpo`` and the trainer hooks.
+"""GTPO inside verl 0.9.0 and 0.9.1: the advantage estimator ``gtpo``, the policy loss ``gtpo`` and the trainer hooks.
 
 verl imports this module itself, in every process that imports ``verl``, through the entry point
 ``gtpo = "gtpo_plugin.verl_adapter"`` of the group ``verl.plugins`` (``VERL_USE_EXTERNAL_PLUGINS``,

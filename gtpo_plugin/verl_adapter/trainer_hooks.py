@@ -1,4 +1,4 @@
-"""The one place where the GTPO plugin changes verl's code paths (verl 0.9.1).
+"""The one place where the GTPO plugin changes verl's code paths (verl 0.9.0 and 0.9.1).
 
 Each hook wraps a verl function, calls the original, and acts only when the run selects
 ``algorithm.adv_estimator=gtpo`` (the start-up checks also for ``loss_mode=gtpo``); for every other run
