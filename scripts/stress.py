@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     from gtpo_plugin.demo.options import DemoOptions
+    from gtpo_plugin.demo.presets import PRESETS
     from gtpo_plugin.demo.report import ARM_COLORS, markdown_table, smooth
     from gtpo_plugin.demo.study import curves, run_study
     from gtpo_plugin.stats import mean_band
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     figure, axes = plt.subplots(len(lrs), len(CURVES), figsize=(5 * len(CURVES), 3.3 * len(lrs)),
                                 constrained_layout=True, squeeze=False)
     for row, lr in enumerate(lrs):
-        options = DemoOptions(preset=args.preset, algorithms=ARMS, lr=lr,
+        # The preset's own lr is passed as None, so that runs a study already made are reused from the cache.
+        options = DemoOptions(preset=args.preset, algorithms=ARMS, lr=None if lr == PRESETS[args.preset].lr else lr,
                               cache=str(args.cache) if args.cache else None,
                               **({"steps": args.steps} if args.steps else {}))
         study, results = run_study(options, list(range(args.seeds)), args.jobs)

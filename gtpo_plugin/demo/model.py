@@ -8,7 +8,7 @@ from verl.utils.torch_functional import entropy_from_logits, logprobs_from_logit
 
 
 def build_model(vocab_size: int, seed: int, *, hidden_size: int = 128, layers: int = 2) -> LlamaForCausalLM:
-    """A seeded, randomly initialised Llama of ~0.4M parameters (2 layers, width 128, 4 heads)."""
+    """A seeded, randomly initialised Llama: 2 layers, width 128, 4 heads (335k parameters with the demo's vocab)."""
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,

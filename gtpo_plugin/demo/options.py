@@ -22,7 +22,7 @@ class DemoOptions:
     """
 
     preset: str = "paper"
-    steps: int = 40
+    steps: int = 24
     group_size: int | None = None
     prompts_per_step: int = 8
     seed: int = 0

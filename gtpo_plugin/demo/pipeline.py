@@ -72,7 +72,7 @@ def warmed_model(options: DemoOptions, progress: Progress = _silent) -> tuple[to
 RUN_CACHE_VERSION = 1
 
 
-def _run_path(options: DemoOptions, arm: str) -> Path | None:
+def cached_run_path(options: DemoOptions, arm: str) -> Path | None:
     """Where a finished (options, arm) run is kept in ``options.cache``; runs are deterministic."""
     if not options.cache:
         return None
@@ -99,7 +99,7 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
     runs: dict[str, dict[str, Any]] = {}
     view: str | None = None
     for name in options.algorithms:
-        cached = _run_path(options, name)
+        cached = cached_run_path(options, name)
         if cached is not None and cached.is_file():
             runs[name] = json.loads(cached.read_text(encoding="utf-8"))
             saved_view = runs[name].pop("group_view", None)

@@ -9,7 +9,7 @@
   it is the whole signal.
 
 The authors' learning rate 1e-6 and max grad norm 0.1 are for LoRA on a 3B model over 7,500 steps;
-the demo's 0.4M-parameter model trained for ~60 steps uses lr 3e-4 (AdamW) and max grad norm 1.0 in
+the demo's 0.3M-parameter model trained for 24 steps uses lr 3e-4 (AdamW) and max grad norm 1.0 in
 both presets, the values at which its warm-up policy moves visibly within a run.
 """
 

@@ -83,10 +83,12 @@ def _run_seed_quietly(options: DemoOptions) -> dict[str, Any]:
 def run_seeds(options: DemoOptions, seeds: Sequence[int], jobs: int, progress: Progress | None = None,
               on_done: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """``run_seed`` for each seed, ``jobs`` processes at a time (in this process when ``jobs`` is 1)."""
-    from gtpo_plugin.demo.pipeline import run_seed
+    from gtpo_plugin.demo.pipeline import cached_run_path, run_seed
 
     per_seed = [replace(options, seed=seed) for seed in seeds]
-    if jobs <= 1 or len(per_seed) == 1:
+    all_cached = all((path := cached_run_path(seed_options, arm)) is not None and path.is_file()
+                     for seed_options in per_seed for arm in options.algorithms)
+    if jobs <= 1 or len(per_seed) == 1 or all_cached:
         results = []
         for seed_options in per_seed:
             results.append(run_seed(seed_options, progress) if progress else run_seed(seed_options))

@@ -43,6 +43,8 @@ class RLSettings:
     reward: str = "correctness"
     norm_adv_by_std: bool = True
     clip_ratio: float = 0.2
+    # verl's dual-clip bound for the vanilla loss (its default); the gtpo loss has no dual-clip.
+    dual_clip_ratio: float = 3.0
     max_grad_norm: float = 1.0
     loss_agg_mode: str = "seq-mean-token-mean"
     gtpo: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +66,7 @@ def actor_config(algorithm: Algorithm, settings: RLSettings) -> FSDPActorConfig:
         clip_ratio=settings.clip_ratio,
         clip_ratio_low=settings.clip_ratio,
         clip_ratio_high=settings.clip_ratio,
+        clip_ratio_c=settings.dual_clip_ratio,
         loss_agg_mode=settings.loss_agg_mode,
         policy_loss=PolicyLossConfig(loss_mode=algorithm.loss_mode),
         use_kl_loss=False,
