@@ -274,9 +274,12 @@ def test_null_arm_and_grpo_train_identically_without_dual_clip(warmed_model, pre
     for _ in range(4):
         null, grpo = (trainer.step().metrics for trainer in trainers)
         assert null["demo/response_checksum"] == grpo["demo/response_checksum"]
-        for key in ("reward/mean", "actor/pg_clipfrac", "actor/ppo_kl"):
-            assert null[key] == grpo[key], key
-        assert null["actor/pg_loss"] == pytest.approx(grpo["actor/pg_loss"], abs=0 if preset == "paper" else 1e-6)
+        assert null["reward/mean"] == grpo["reward/mean"]
+        for key in ("actor/pg_clipfrac", "actor/ppo_kl", "actor/pg_loss"):
+            if preset == "paper":
+                assert null[key] == grpo[key], key
+            else:
+                assert null[key] == pytest.approx(grpo[key], rel=1e-4, abs=1e-7), key
     for ours, theirs in zip(trainers[0].model.parameters(), trainers[1].model.parameters(), strict=True):
         if preset == "paper":
             assert torch.equal(ours, theirs)
