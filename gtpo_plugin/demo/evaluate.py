@@ -1,26 +1,24 @@
-"""Greedy evaluation on every problem of the task (the same set for both algorithms, no sampling noise)."""
+"""Greedy evaluation on a fixed set of problems (the same for every seed and arm, no sampling noise)."""
 
 from __future__ import annotations
-
-import itertools
 
 import torch
 
 from gtpo_plugin.demo.rollout import sample
-from gtpo_plugin.demo.task import MAX_DIGIT, MAX_OPERANDS, MIN_OPERANDS, Problem, grade
+from gtpo_plugin.demo.task import Problem, grade, sample_problems
 from gtpo_plugin.demo.vocab import Vocab, pad_left
 
+EVALUATION_SEED = 20_250_803  # fixed: the evaluation set never depends on the training seed
 
-def all_problems() -> list[Problem]:
-    """Every prompt of the task: 100 with two operands, 1,000 with three."""
-    digits = range(MAX_DIGIT + 1)
-    return [Problem(operands) for count in range(MIN_OPERANDS, MAX_OPERANDS + 1)
-            for operands in itertools.product(digits, repeat=count)]
+
+def evaluation_problems(count: int) -> list[Problem]:
+    """``count`` problems drawn from a fixed generator: the same list in every run."""
+    return sample_problems(count, torch.Generator().manual_seed(EVALUATION_SEED))
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, vocab: Vocab, problems: list[Problem], *, max_new_tokens: int) -> dict[str, float]:
-    """Greedy accuracy and format accuracy over ``problems``."""
+    """Greedy accuracy, format accuracy (full format reward) and mean length over ``problems``."""
     device = next(model.parameters()).device
     prompts, mask = pad_left([vocab.encode(p.prompt_tokens()) for p in problems], vocab.pad_id)
     was_training = model.training
@@ -32,5 +30,6 @@ def evaluate(model: torch.nn.Module, vocab: Vocab, problems: list[Problem], *, m
     return {
         "accuracy": sum(g.correct for g in grades) / len(grades),
         "format_accuracy": sum(g.well_formed for g in grades) / len(grades),
+        "mean_length": sum(len(row) for row in rows) / len(rows),
         "problems": float(len(grades)),
     }

@@ -1,106 +1,113 @@
-"""The whole demo: warm-up once, then GTPO and GRPO from the same weights and seeds, then evaluation."""
+"""One seed of the demo: warm up once, then train every arm from the same weights and seeds, then evaluate.
+
+The result is plain data (dicts, lists, floats, strings), so that seeds can run in separate processes.
+"""
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from gtpo_plugin.config import GTPOConfig
-from gtpo_plugin.demo.evaluate import all_problems, evaluate
+from gtpo_plugin.demo.arms import ALGORITHMS
+from gtpo_plugin.demo.evaluate import evaluate, evaluation_problems
 from gtpo_plugin.demo.model import build_model
-from gtpo_plugin.demo.report import pick_group
+from gtpo_plugin.demo.options import DemoOptions
+from gtpo_plugin.demo.report import group_view, pick_group
 from gtpo_plugin.demo.task import build_vocab
-from gtpo_plugin.demo.train import ALGORITHMS, RLSettings, StepRecord, Trainer, run
+from gtpo_plugin.demo.train import StepRecord, Trainer, run
 from gtpo_plugin.demo.warmup import warm_up
 
 # Called as progress(phase, total_steps) -> per-step callback taking a dict of values to display.
 Progress = Callable[[str, int], Callable[[dict[str, float]], None]]
 
 
-@dataclass(frozen=True)
-class DemoOptions:
-    """Everything that defines a demo run; the defaults finish in about 2–3 minutes on 2 CPU cores."""
-
-    steps: int = 200
-    group_size: int = 8
-    prompts_per_step: int = 16
-    seed: int = 0
-    device: str = "cpu"
-    lr: float = 3e-4
-    mini_batches: int = 2
-    max_new_tokens: int = 10
-    warmup_steps: int = 150
-    warmup_batch_size: int = 64
-    warmup_noise: float = 0.5
-    warmup_lr: float = 3e-3
-    algorithms: tuple[str, ...] = ("gtpo", "grpo")
-    gtpo: dict[str, Any] = field(default_factory=lambda: {
-        key: value for key, value in asdict(GTPOConfig()).items() if key != "initial_entropy"
-    })
-
-
-@dataclass
-class RunResult:
-    """One algorithm's run: per-step metrics, greedy evaluation after training, ⟨H⟩_ini, first step."""
-
-    history: list[dict[str, float]]
-    eval_after: dict[str, float]
-    initial_entropy: float
-    first_step: StepRecord
-    seconds: float
-
-
-@dataclass
-class DemoResult:
-    options: DemoOptions
-    warmup_losses: list[float]
-    eval_before: dict[str, float]
-    runs: dict[str, RunResult]
-    seconds: float
-
-    def group_record(self) -> tuple[StepRecord, int] | None:
-        """The GTPO run's first step and its most instructive group (both rewards, most protected tokens)."""
-        run_result = self.runs.get("gtpo")
-        if run_result is None:
-            return None
-        group = pick_group(run_result.first_step)
-        return None if group is None else (run_result.first_step, group)
-
-
 def _silent(_phase: str, _total: int) -> Callable[[dict[str, float]], None]:
     return lambda _values: None
 
 
-def run_demo(options: DemoOptions, progress: Progress = _silent) -> DemoResult:
-    """Warm up a fresh tiny model, then train each algorithm from a copy of it and evaluate it."""
-    start = time.perf_counter()
-    device = torch.device(options.device)
+def _warmup_key(options: DemoOptions) -> str:
+    fields = {key: getattr(options, key) for key in ("warmup_seed", "warmup_steps", "warmup_batch_size", "warmup_noise",
+                                                      "warmup_lr", "device")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def warmed_model(options: DemoOptions, progress: Progress = _silent) -> tuple[torch.nn.Module, list[float]]:
+    """The model after the supervised warm-up, read from ``options.cache`` when it holds it.
+
+    The warm-up depends only on ``warmup_seed`` and the warm-up settings (not on the RL seed, the
+    preset or the arms), so every run that shares a cache folder warms up once.
+    """
     vocab = build_vocab()
-    base: torch.nn.Module = build_model(len(vocab), options.seed)
-    base.to(device)
-    warmup_tick = progress("warm-up", options.warmup_steps)
+    model: torch.nn.Module = build_model(len(vocab), options.warmup_seed)
+    model.to(torch.device(options.device))
+    path = Path(options.cache) / f"warmup-{_warmup_key(options)}.pt" if options.cache else None
+    if path is not None and path.is_file():
+        saved = torch.load(path, map_location=options.device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        return model, [float(loss) for loss in saved["losses"]]
+    tick = progress("warm-up", options.warmup_steps)
     losses = warm_up(
-        base, vocab, steps=options.warmup_steps, batch_size=options.warmup_batch_size, noise=options.warmup_noise,
-        lr=options.warmup_lr, generator=torch.Generator().manual_seed(options.seed),
-        on_step=lambda loss: warmup_tick({"loss": loss}),
+        model, vocab, steps=options.warmup_steps, batch_size=options.warmup_batch_size, noise=options.warmup_noise,
+        lr=options.warmup_lr, generator=torch.Generator().manual_seed(options.warmup_seed),
+        on_step=lambda loss: tick({"loss": loss}),
     )
-    problems = all_problems()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{time.time_ns()}.tmp")
+        torch.save({"model": model.state_dict(), "losses": torch.tensor(losses)}, partial)
+        partial.replace(path)
+    return model, losses
+
+
+# Bump when a change alters what a run computes, so that cached runs are not reused across it.
+RUN_CACHE_VERSION = 1
+
+
+def cached_run_path(options: DemoOptions, arm: str) -> Path | None:
+    """Where a finished (options, arm) run is kept in ``options.cache``; runs are deterministic."""
+    if not options.cache:
+        return None
+    fields = {key: value for key, value in asdict(options).items() if key not in ("algorithms", "cache")}
+    payload = json.dumps({"options": fields, "arm": arm, "version": RUN_CACHE_VERSION}, sort_keys=True)
+    return Path(options.cache) / f"run-{arm}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}.json"
+
+
+def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, Any]:
+    """Warm up (or load) the seed's model, train each arm from a copy of it, evaluate greedily.
+
+    Returns ``{"seed", "options", "warmup", "eval_before", "runs": {arm: {...}}, "group_view", "seconds"}``;
+    each run holds its per-step ``history``, ``eval_after``, ``initial_entropy`` and ``seconds``.
+    ``group_view`` shows one group of the first step of the first GTPO-estimator arm (or None).
+    With ``options.cache`` set, each finished run is kept there and a later call with the same
+    options and arm reads it instead of training again (the runs are deterministic on CPU).
+    """
+    start = time.perf_counter()
+    vocab = build_vocab()
+    base, losses = warmed_model(options, progress)
+    problems = evaluation_problems(options.eval_problems)
     eval_before = evaluate(base, vocab, problems, max_new_tokens=options.max_new_tokens)
-    settings = RLSettings(
-        steps=options.steps, group_size=options.group_size, prompts_per_step=options.prompts_per_step,
-        lr=options.lr, mini_batches=options.mini_batches, max_new_tokens=options.max_new_tokens,
-        gtpo=dict(options.gtpo),
-    )
-    runs = {}
+    settings = options.settings()
+    runs: dict[str, dict[str, Any]] = {}
+    view: str | None = None
     for name in options.algorithms:
+        cached = cached_run_path(options, name)
+        if cached is not None and cached.is_file():
+            runs[name] = json.loads(cached.read_text(encoding="utf-8"))
+            saved_view = runs[name].pop("group_view", None)
+            view = view if view is not None else saved_view
+            continue
         run_start = time.perf_counter()
-        trainer = Trainer(ALGORITHMS[name], copy.deepcopy(base), vocab, settings, seed=options.seed + 1)
+        algorithm = ALGORITHMS[name]
+        trainer = Trainer(algorithm, copy.deepcopy(base), vocab, settings, seed=options.seed + 1)
         tick = progress(name.upper(), options.steps)
         first: list[StepRecord] = []
 
@@ -108,14 +115,30 @@ def run_demo(options: DemoOptions, progress: Progress = _silent) -> DemoResult:
                     first: list[StepRecord] = first) -> None:
             if not first:
                 first.append(record)
-            tick({"reward": record.metrics["reward/mean"], "format": record.metrics["format/accuracy"]})
+            tick({"reward": record.metrics["reward/mean"], "acc": record.metrics["accuracy/sampled"]})
 
         history = run(trainer, on_step)
-        runs[name] = RunResult(
-            history=history,
-            eval_after=evaluate(trainer.model, vocab, problems, max_new_tokens=options.max_new_tokens),
-            initial_entropy=float(trainer.initial_entropy if trainer.initial_entropy is not None else math.nan),
-            first_step=first[0],
-            seconds=time.perf_counter() - run_start,
-        )
-    return DemoResult(options, losses, eval_before, runs, time.perf_counter() - start)
+        if view is None and algorithm.adv_estimator == "gtpo":
+            group = pick_group(first[0])
+            view = group_view(first[0], vocab, group) if group is not None else None
+        runs[name] = {
+            "adv_estimator": algorithm.adv_estimator,
+            "loss_mode": algorithm.loss_mode,
+            "gtpo": settings.knobs(algorithm) if algorithm.adv_estimator == "gtpo" else None,
+            "initial_entropy": float(trainer.initial_entropy if trainer.initial_entropy is not None else math.nan),
+            "history": history,
+            "eval_after": evaluate(trainer.model, vocab, problems, max_new_tokens=options.max_new_tokens),
+            "seconds": time.perf_counter() - run_start,
+        }
+        if cached is not None:
+            entry = {**runs[name], "group_view": view if algorithm.adv_estimator == "gtpo" else None}
+            cached.write_text(json.dumps(entry), encoding="utf-8")
+    return {
+        "seed": options.seed,
+        "options": {**asdict(options), "algorithms": list(options.algorithms)},
+        "warmup": {"steps": len(losses), "final_loss": losses[-1] if losses else None},
+        "eval_before": eval_before,
+        "runs": runs,
+        "group_view": view,
+        "seconds": time.perf_counter() - start,
+    }

@@ -1,4 +1,4 @@
-"""The demo's outputs: per-step metrics as JSON, a PNG of both runs, a text view of one group, a summary table."""
+"""The demo's outputs: JSON, a text view of one group, the study's PNG (mean curves with bands) and tables."""
 
 from __future__ import annotations
 
@@ -13,19 +13,6 @@ import torch
 
 from gtpo_plugin.demo.train import StepRecord
 from gtpo_plugin.demo.vocab import Vocab
-
-# (metric key, panel title) of the PNG, in reading order.
-PANELS = (
-    ("reward/mean", "reward (accuracy of sampled answers)"),
-    ("format/accuracy", "format accuracy"),
-    ("gtpo/mean_completion_entropy", "entropy <H>_i (nats)"),
-    ("response_length/mean", "completion length (tokens)"),
-    ("gtpo/protected_token_frac", "gtpo/protected_token_frac"),
-    ("gtpo/amplified_token_frac", "gtpo/amplified_token_frac"),
-    ("gtpo/filtered_completion_frac", "gtpo/filtered_completion_frac"),
-    ("demo/protected_grad_abs", "push on conflict tokens |dL/dlog p|"),
-)
-COLORS = {"gtpo": "tab:blue", "grpo": "tab:orange"}
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -52,40 +39,9 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
-def plot(path: Path, histories: dict[str, list[dict[str, float]]], *, threshold: float) -> None:
-    """Eight panels, one curve per algorithm (faint: raw, solid: moving average over ~10% of the run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = max(len(history) for history in histories.values())
-    window = max(1, steps // 10)
-    figure, axes = plt.subplots(2, 4, figsize=(17, 7.5), constrained_layout=True)
-    for axis, (key, title) in zip(axes.flat, PANELS, strict=True):
-        for name, history in histories.items():
-            x = [record["step"] for record in history]
-            y = [record.get(key, math.nan) for record in history]
-            axis.plot(x, y, color=COLORS.get(name), alpha=0.25, linewidth=0.8)
-            axis.plot(x, smooth(y, window), color=COLORS.get(name), linewidth=2, label=name.upper())
-        if key == "gtpo/mean_completion_entropy":
-            axis.axhline(threshold, color="grey", linestyle=":", linewidth=1, label="filter threshold ln 2")
-        axis.set_title(title, fontsize=10)
-        axis.set_xlabel("RL step")
-        axis.grid(alpha=0.3)
-    axes.flat[0].legend(loc="best", fontsize=9)
-    axes.flat[2].legend(loc="best", fontsize=8)
-    figure.suptitle(
-        "GTPO vs GRPO from the same warm-up weights and seeds, through verl's compute_advantage and policy losses\n"
-        "(on GRPO's batches the gtpo/* panels show what GTPO would have done; GRPO trains on A_i alone)"
-    )
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
 def pick_group(record: StepRecord) -> int | None:
     """The group of this step with both rewards and the most protected tokens (None if none is mixed)."""
-    rewards = torch.tensor([g.reward for g in record.rollout.grades])
+    rewards = torch.tensor(record.rollout.rewards)
     size = record.rollout.group_size
     protected = (record.diagnostics.weights == 0).sum(dim=1)
     best, best_count = None, -1
@@ -134,7 +90,7 @@ def group_view(record: StepRecord, vocab: Vocab, group: int) -> str:
         widths = [max(len(column[i]) for column in columns) for i in range(len(columns[0]))]
         kept = "kept" if bool(diagnostics.keep[row]) else "DROPPED by the entropy filter"
         lines.append(
-            f"completion {row - group * size + 1}: reward {grade.reward:g} "
+            f"completion {row - group * size + 1}: reward {rollout.rewards[row]:g} "
             f"({'well-formed' if grade.well_formed else 'malformed'}), A_i = {grpo_adv:+.3f}, "
             f"<H>_i = {float(diagnostics.completion_entropy[row]):.3f}, {kept}"
         )
@@ -144,45 +100,109 @@ def group_view(record: StepRecord, vocab: Vocab, group: int) -> str:
     return "\n".join(lines)
 
 
-def tail_mean(history: list[dict[str, float]], key: str, fraction: float = 0.1) -> float:
-    """Mean of ``key`` over the last ``fraction`` of the steps (at least one step)."""
-    count = max(1, int(len(history) * fraction))
-    return float(np.mean([record[key] for record in history[-count:]]))
-
-
-def head_mean(history: list[dict[str, float]], key: str, fraction: float = 0.1) -> float:
-    count = max(1, int(len(history) * fraction))
-    return float(np.mean([record[key] for record in history[:count]]))
-
-
-def summary_rows(runs: dict[str, dict[str, Any]], eval_before: dict[str, float]) -> list[tuple[str, ...]]:
-    """Rows of the final table: training-curve figures (first/last 10% of steps) and the greedy evaluation."""
-    names = list(runs)
-    rows: list[tuple[str, ...]] = [("", *(name.upper() for name in names))]
-
-    def row(label: str, values: list[str]) -> None:
-        rows.append((label, *values))
-
-    for key, label in (("reward/mean", "sampled reward"), ("format/accuracy", "sampled format accuracy"),
-                       ("actor/entropy", "token entropy (nats)")):
-        row(label + ", first -> last 10%", [
-            f"{head_mean(runs[n]['history'], key):.3f} -> {tail_mean(runs[n]['history'], key):.3f}" for n in names
-        ])
-    row("greedy accuracy, all problems", [
-        f"{eval_before['accuracy']:.3f} -> {runs[n]['eval_after']['accuracy']:.3f}" for n in names
-    ])
-    row("greedy format accuracy", [
-        f"{eval_before['format_accuracy']:.3f} -> {runs[n]['eval_after']['format_accuracy']:.3f}"
-        for n in names
-    ])
-    row("mean push on conflict tokens", [
-        f"{np.mean([r['demo/protected_grad_abs'] for r in runs[n]['history']]):.4f}" for n in names
-    ])
-    return rows
-
-
 def format_table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+# --- multi-seed study --------------------------------------------------------------------------------------
+
+STUDY_PANELS = (
+    ("accuracy/sampled", "sampled accuracy (right answer)"),
+    ("reward/mean", "sampled reward (preset's scale)"),
+    ("format/accuracy", "sampled format accuracy"),
+    ("actor/entropy", "token entropy (nats)"),
+    ("demo/conflict_token_frac", "conflict-token share (prefix_suffix)"),
+    ("response_length/mean", "completion length (tokens)"),
+)
+ARM_COLORS = {"gtpo": "tab:blue", "grpo": "tab:orange", "null": "tab:green", "w1": "tab:purple",
+              "gamma0": "tab:brown", "nofilter": "tab:red", "noconflict": "tab:pink", "any": "tab:olive"}
+
+
+def plot_study(path: Path, results: Sequence[dict[str, Any]], arms: Sequence[str], *, title: str) -> None:
+    """Mean curve of each arm over seeds (moving average over ~10% of the steps) with its 95% t band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gtpo_plugin.stats import mean_band
+
+    steps = len(results[0]["runs"][arms[0]]["history"])
+    window = max(1, steps // 10)
+    figure, axes = plt.subplots(2, 3, figsize=(15, 7.5), constrained_layout=True)
+    for axis, (key, panel) in zip(axes.flat, STUDY_PANELS, strict=True):
+        for arm in arms:
+            smoothed = np.array([smooth([rec[key] for rec in r["runs"][arm]["history"]], window) for r in results])
+            mean, low, high = mean_band(smoothed)
+            x = np.arange(1, steps + 1)
+            color = ARM_COLORS.get(arm)
+            axis.plot(x, mean, color=color, linewidth=2, label=arm.upper())
+            if len(results) > 1:
+                axis.fill_between(x, low, high, color=color, alpha=0.18, linewidth=0)
+        axis.set_title(panel, fontsize=10)
+        axis.set_xlabel("RL step")
+        axis.grid(alpha=0.3)
+    axes.flat[0].legend(loc="best", fontsize=9)
+    band = "bands: 95% Student t over seeds" if len(results) > 1 else "one seed: no band"
+    figure.suptitle(f"{title}\n{len(results)} seed(s); mean of moving averages over {window} steps; {band}")
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _interval_text(interval: dict[str, Any], digits: int = 3) -> str:
+    low, high = interval["ci_low"], interval["ci_high"]
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{interval['mean']:.{digits}f} [n=1: no CI]"
+    return f"{interval['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def study_table(study: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows: one per metric; per arm its mean [95% CI]; per non-GRPO arm the paired difference vs GRPO."""
+    arms = study["arms"]
+    paired = list(study["paired_vs_grpo"])
+    header = ("metric", *(arm.upper() for arm in arms), *(f"{arm.upper()} - GRPO" for arm in paired))
+    rows: list[tuple[str, ...]] = [header]
+    for key in study["metrics"]:
+        digits = 2 if key in ("sampled_reward", "response_length") else 3
+        rows.append((
+            key,
+            *(_interval_text(study["summary"][arm][key], digits) for arm in arms),
+            *(_interval_text(study["paired_vs_grpo"][arm][key], digits) for arm in paired),
+        ))
+    return rows
+
+
+def markdown_table(rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "| " + " | ".join("---" for _ in rows[0]) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+def study_summary(study: dict[str, Any], noise_band: str) -> str:
+    """The text of ``summary.txt`` for a study: what ran, the table, how to read it."""
+    seeds = study["seeds"]
+    options = study["options"]
+    first = study["first_step_conflict_token_share"]
+    lines = [
+        f"preset {study['preset']}; {len(seeds)} seed(s) {seeds}; arms {', '.join(study['arms'])}; "
+        f"{options['steps']} RL steps x {options['prompts_per_step']} prompts x "
+        f"{options['group_size'] or 8} completions per arm",
+        f"values: mean [{study['ci_method']}]",
+        "",
+        format_table(study_table(study)),
+        "",
+        f"conflict tokens: {100 * first['mean']:.1f}% of valid tokens at the first step "
+        f"(mean over seeds), {100 * study['summary'][study['arms'][0]]['conflict_token_share']['mean']:.1f}% "
+        f"over the last 20% of steps ({study['arms'][0]}).",
+    ]
+    null = study.get("null_identity")
+    if null is not None:
+        lines.append(f"null arm vs GRPO: identical sampled batches at every step on "
+                     f"{null['seeds_identical_throughout']} of {len(seeds)} seed(s); "
+                     f"largest per-seed greedy-accuracy gap "
+                     f"{null['max_abs_greedy_accuracy_diff']:.3f}.")
+    lines += ["", noise_band]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from verl import DataProto
 
-from gtpo_plugin.demo.model import next_token_logits, response_log_probs
+from gtpo_plugin.demo.model import response_log_probs
 from gtpo_plugin.demo.task import Grade, Problem, grade
 from gtpo_plugin.demo.vocab import Vocab, pad_left, pad_right
 
@@ -21,6 +21,7 @@ class Rollout:
     group_size: int
     data: DataProto
     grades: list[Grade]
+    rewards: list[float]
 
 
 @torch.no_grad()
@@ -33,34 +34,46 @@ def sample(
     pad_id: int,
     max_new_tokens: int,
     generator: torch.Generator | None,
+    temperature: float = 1.0,
 ) -> list[list[int]]:
-    """Sample one completion per prompt row at temperature 1, each ending at ``<eos>`` or ``max_new_tokens``.
+    """Sample one completion per prompt row at ``temperature``, each ending at ``<eos>`` or ``max_new_tokens``.
 
-    ``generator=None`` decodes greedily (the most likely token) instead, for evaluation.
-
-    Recomputes the whole (short) sequence at every step instead of caching keys and values: for a
-    model this size it is as fast and keeps the forward identical to the training one. Sampling
-    draws from ``generator`` on the CPU so that runs repeat exactly on any device.
+    ``generator=None`` decodes greedily (the most likely token) instead, for evaluation. Keys and
+    values are cached, so a batch of B rows costs B·(prompt + max_new_tokens) token forwards.
+    Sampling draws from ``generator`` on the CPU so that runs repeat exactly on any device; the
+    draws depend only on the batch shape, so two policies that agree sample the same tokens.
     """
     batch = prompts.shape[0]
-    ids, mask = prompts, prompt_mask
-    done = torch.zeros(batch, dtype=torch.bool, device=prompts.device)
+    mask = prompt_mask
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+    output = model(input_ids=prompts, attention_mask=mask, position_ids=positions, use_cache=True)
+    next_position = positions[:, -1:] + 1
+    done = torch.zeros(batch, dtype=torch.bool)
     rows: list[list[int]] = [[] for _ in range(batch)]
     for _ in range(max_new_tokens):
-        logits = next_token_logits(model, ids, mask)[:, -1].float().cpu()
+        logits = output.logits[:, -1].float().cpu()
         if generator is None:
             tokens = logits.argmax(dim=-1)
         else:
-            tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(1)
-        for i in torch.nonzero(~done.cpu()).flatten().tolist():
+            tokens = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(1)
+        for i in torch.nonzero(~done).flatten().tolist():
             rows[i].append(int(tokens[i]))
-        tokens = torch.where(done.cpu(), pad_id, tokens).to(prompts.device)
+        tokens = torch.where(done, pad_id, tokens)
         done |= tokens == eos_id
         if bool(done.all()):
             break
-        ids = torch.cat([ids, tokens[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(tokens)[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        output = model(input_ids=tokens[:, None].to(prompts.device), attention_mask=mask, position_ids=next_position,
+                       past_key_values=output.past_key_values, use_cache=True)
+        next_position = next_position + 1
     return rows
+
+
+def response_checksum(responses: torch.Tensor) -> float:
+    """A fingerprint of the sampled token ids (exact in float64): equal batches give equal values."""
+    flat = responses.detach().cpu().long().flatten()
+    weights = torch.arange(1, flat.numel() + 1, dtype=torch.long) % 1_000_003
+    return float(int((flat * weights).sum()) % 2_147_483_647)
 
 
 def rollout(
@@ -72,13 +85,16 @@ def rollout(
     max_new_tokens: int,
     generator: torch.Generator,
     step: int,
+    reward: str,
+    temperature: float,
 ) -> Rollout:
     """Sample ``group_size`` completions per problem, grade them and build the verl batch.
 
     The ``DataProto`` holds verl's names: ``prompts``, ``responses`` ``[B, L]`` (right-padded),
-    ``response_mask``, ``token_level_rewards`` (the reward on each completion's last valid token),
-    ``old_log_probs`` and ``entropy`` of the sampling policy (one teacher-forced pass, as verl's
-    actor recomputes them), and ``uid`` per row (one id per prompt: the GRPO/GTPO group).
+    ``response_mask``, ``token_level_rewards`` (the reward, of kind ``reward``, on each completion's
+    last valid token), ``old_log_probs`` and ``entropy`` of the sampling distribution (one
+    teacher-forced pass at ``temperature``, as verl's actor recomputes them), and ``uid`` per row (one
+    id per prompt: the GRPO/GTPO group).
     """
     device = next(model.parameters()).device
     repeated = [problem for problem in problems for _ in range(group_size)]
@@ -87,16 +103,18 @@ def rollout(
     was_training = model.training
     model.eval()
     rows = sample(model, prompt_ids, prompt_mask, eos_id=vocab.eos_id, pad_id=vocab.pad_id,
-                  max_new_tokens=max_new_tokens, generator=generator)
+                  max_new_tokens=max_new_tokens, generator=generator, temperature=temperature)
     responses, response_mask = pad_right(rows, vocab.pad_id, width=max_new_tokens)
     responses, response_mask = responses.to(device), response_mask.to(device)
     with torch.no_grad():
-        old_log_probs, entropy = response_log_probs(model, prompt_ids, prompt_mask, responses, with_entropy=True)
+        old_log_probs, entropy = response_log_probs(model, prompt_ids, prompt_mask, responses,
+                                                    temperature=temperature, with_entropy=True)
     assert entropy is not None
     model.train(was_training)
 
     grades = [grade(vocab.decode(row), problem) for row, problem in zip(rows, repeated, strict=True)]
-    rewards = torch.tensor([g.reward for g in grades], dtype=torch.float32, device=device)
+    values = [g.reward(reward) for g in grades]
+    rewards = torch.tensor(values, dtype=torch.float32, device=device)
     lengths = response_mask.sum(dim=1)
     token_level_rewards = torch.zeros(responses.shape, dtype=torch.float32, device=device)
     has_tokens = lengths > 0
@@ -115,5 +133,6 @@ def rollout(
             "entropy": entropy * response_mask,
         },
         non_tensors={"uid": uid},
+        meta_info={"temperature": temperature},
     )
-    return Rollout(problems=problems, group_size=group_size, data=data, grades=grades)
+    return Rollout(problems=problems, group_size=group_size, data=data, grades=grades, rewards=values)

@@ -1,13 +1,18 @@
-"""The synthetic task: add two or three digits, reasoning by running sums, answer between format tags.
+"""The synthetic task: add four to six digits, writing every step of the running sum, answer between format tags.
 
-A prompt reads ``<bos> 3 + 5 + 7 =`` and a well-formed completion
+A prompt reads ``<bos> 3 + 5 + 4 + 2 =`` (four to six digits 1..5) and a well-formed completion
+writes each addition of the running sum as a step, steps separated by ``,``, then the answer:
 
-    <r> 8 15 </r> <a> 15 </a> <eos>
+    <r> 3 + 5 = 8 , 4 + 8 = 12 , + 2 = 14 </r> <a> 14 </a> <eos>
 
-writes the running sums between ``<r>``/``</r>`` and the final sum between ``<a>``/``</a>``. Every
-completion of a group therefore opens with ``<r>`` and closes with ``</a> <eos>`` whether its answer
-is right or wrong: the shared format tokens whose updates GTPO protects (GTPO_SPEC, "λ").
-Reward (outcome only): 1 for a well-formed completion whose answer is the true sum, else 0.
+Each step comes in one of three equivalent forms, chosen freely: ``s + x = t`` (running sum first),
+``x + s = t`` (operand first) or ``+ x = t`` (running sum implied). Completions are 20–35 tokens,
+and two completions of a group usually part ways within the first steps, as sampled reasoning
+does; so the tokens that right and wrong completions share at the same place from the start or
+the end (GTPO's conflict tokens: ``<r>``, ``</a> <eos>``, a common opening) are a minority. The
+reward is computed on the completion's text with the GTPO authors' rules
+(:mod:`gtpo_plugin.paper_reward`) under the short tags ``<r>``/``</r>``/``<a>``/``</a>``; see
+:func:`grade`.
 """
 
 from __future__ import annotations
@@ -18,15 +23,21 @@ from dataclasses import dataclass
 import torch
 
 from gtpo_plugin.demo.vocab import Vocab
+from gtpo_plugin.paper_reward import FormatTags, extract_answer, format_reward
 
-MIN_OPERANDS = 2
-MAX_OPERANDS = 3
-MAX_DIGIT = 9
+MIN_OPERANDS = 4
+MAX_OPERANDS = 6
+MIN_DIGIT = 1
+MAX_DIGIT = 5
+STEP_FORMS = ("sum_first", "operand_first", "implied")
+DEMO_TAGS = FormatTags("<r>", "</r>", "<a>", "</a>")
+FULL_FORMAT = 10.0
+CORRECT = 10.0
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One prompt: the operands to add."""
+    """One prompt: the operands to add, in order."""
 
     operands: tuple[int, ...]
 
@@ -35,7 +46,7 @@ class Problem:
         return sum(self.operands)
 
     def running_sums(self) -> list[int]:
-        """The partial sums after the second, third, ... operand (the reasoning's content)."""
+        """The partial sums after the second, third, ... operand (one per reasoning step)."""
         sums, total = [], self.operands[0]
         for operand in self.operands[1:]:
             total += operand
@@ -52,66 +63,106 @@ class Problem:
 
 
 def sample_problems(count: int, generator: torch.Generator) -> list[Problem]:
-    """``count`` problems with 2 or 3 operands in 0..9, drawn from ``generator`` (reproducible)."""
+    """``count`` problems with 4 to 6 operands in 1..5, drawn from ``generator`` (reproducible)."""
     n_operands = torch.randint(MIN_OPERANDS, MAX_OPERANDS + 1, (count,), generator=generator)
-    digits = torch.randint(0, MAX_DIGIT + 1, (count, MAX_OPERANDS), generator=generator)
+    digits = torch.randint(MIN_DIGIT, MAX_DIGIT + 1, (count, MAX_OPERANDS), generator=generator)
     return [Problem(tuple(int(d) for d in digits[i, : int(n_operands[i])])) for i in range(count)]
 
 
-def completion_tokens(reasoning: Sequence[int], answer: int) -> list[str]:
-    """The well-formed completion for the given reasoning numbers and answer."""
-    return ["<r>", *(str(n) for n in reasoning), "</r>", "<a>", str(answer), "</a>", "<eos>"]
+def step_tokens(form: str, running: int, operand: int, result: int) -> list[str]:
+    """One reasoning step in the given form (``STEP_FORMS``)."""
+    if form == "sum_first":
+        return [str(running), "+", str(operand), "=", str(result)]
+    if form == "operand_first":
+        return [str(operand), "+", str(running), "=", str(result)]
+    if form == "implied":
+        return ["+", str(operand), "=", str(result)]
+    raise ValueError(f"step form must be one of {STEP_FORMS}, got {form!r}")
+
+
+def completion_tokens(problem: Problem, written: Sequence[int], forms: Sequence[str]) -> list[str]:
+    """The well-formed completion whose steps write the sums ``written`` in ``forms``; answer = last sum."""
+    if len(written) != len(problem.operands) - 1 or len(forms) != len(written):
+        raise ValueError(f"need one written sum and one form per step ({len(problem.operands) - 1}), "
+                         f"got {len(written)} sums and {len(forms)} forms")
+    tokens = ["<r>"]
+    running = problem.operands[0]
+    for index, (operand, result, form) in enumerate(zip(problem.operands[1:], written, forms, strict=True)):
+        if index:
+            tokens.append(",")
+        tokens.extend(step_tokens(form, running, operand, result))
+        running = result
+    return [*tokens, "</r>", "<a>", str(written[-1]), "</a>", "<eos>"]
 
 
 def max_number() -> int:
-    """Largest number a completion may need a token for (the largest sum)."""
-    return MAX_OPERANDS * MAX_DIGIT
+    """Largest number a completion may need a token for: the largest sum, plus room for wrong sums."""
+    return MAX_OPERANDS * MAX_DIGIT + 10
+
+
+def noisy_demonstration(problem: Problem, generator: torch.Generator, noise: float) -> list[str]:
+    """A warm-up target: random step forms; each step's sum off by 1 or 2 with probability ``noise``.
+
+    A wrong step carries into the following ones (they add to the written sum) and the answer copies
+    the last written sum, so the warm-up teaches the format, the forms and the copy rules firmly but
+    the arithmetic only roughly; reinforcement learning has to sharpen it.
+    """
+    written, forms = [], []
+    running = problem.operands[0]
+    for operand in problem.operands[1:]:
+        value = running + operand
+        if float(torch.rand((), generator=generator)) < noise:
+            offset = int(torch.randint(1, 3, (), generator=generator))
+            value += offset if float(torch.rand((), generator=generator)) < 0.5 else -offset
+            value = min(max(value, 0), max_number())
+        forms.append(STEP_FORMS[int(torch.randint(0, len(STEP_FORMS), (), generator=generator))])
+        written.append(value)
+        running = value
+    return completion_tokens(problem, written, forms)
 
 
 @dataclass(frozen=True)
 class Grade:
-    """How one completion scored."""
+    """How one completion scored under the authors' rules (format reward, and whether the answer is right)."""
 
-    well_formed: bool
+    format_reward: float
     correct: bool
 
     @property
-    def reward(self) -> float:
-        return 1.0 if self.correct else 0.0
+    def well_formed(self) -> bool:
+        """The full format reward: a reasoning block, and the completion ends with an answer block."""
+        return self.format_reward == FULL_FORMAT
+
+    def reward(self, kind: str) -> float:
+        """``paper``: format + 10 if correct (0–20). ``correctness``: 1 if correct, else 0."""
+        if kind == "paper":
+            return self.format_reward + (CORRECT if self.correct else 0.0)
+        if kind == "correctness":
+            return 1.0 if self.correct else 0.0
+        raise ValueError(f"reward kind must be 'paper' or 'correctness', got {kind!r}")
+
+
+def completion_text(tokens: Sequence[str]) -> str:
+    """The completion as text: tokens joined by spaces, the final ``<eos>`` (a stop token) left out."""
+    body = list(tokens[:-1]) if tokens and tokens[-1] == "<eos>" else list(tokens)
+    return " ".join(body)
 
 
 def grade(tokens: Sequence[str], problem: Problem) -> Grade:
-    """Parse ``<r> n+ </r> <a> n </a> <eos>`` exactly; correct means well-formed with the true sum."""
-    well_formed = (
-        len(tokens) >= 7
-        and tokens[0] == "<r>"
-        and list(tokens[-5:-3]) == ["</r>", "<a>"]
-        and list(tokens[-2:]) == ["</a>", "<eos>"]
-        and all(token.isdigit() for token in tokens[1:-5])
-        and tokens[-3].isdigit()
-    )
-    return Grade(well_formed=well_formed, correct=well_formed and int(tokens[-3]) == problem.answer)
+    """Score a completion with the authors' format rules; correct = full format and answer equal to the sum.
 
-
-def noisy_demonstration(problem: Problem, generator: torch.Generator, noise: float) -> list[str]:
-    """A warm-up target: the right format, each running sum off by 1 or 2 with probability ``noise``.
-
-    The answer copies the last running sum, so the warm-up teaches the format and the copy rule
-    firmly but the arithmetic only roughly; reinforcement learning has to sharpen it.
+    Correctness is exact equality of the answer with the true sum. The authors' rule (within 0.01, or
+    the reference contained in the answer) would, with one-number answers, accept ``14`` for 4: a
+    reward the policy could learn to exploit. Everything else follows
+    :func:`gtpo_plugin.paper_reward.format_reward`.
     """
-    written = []
-    for value in problem.running_sums():
-        if float(torch.rand((), generator=generator)) < noise:
-            offset = int(torch.randint(1, 3, (), generator=generator)) * (
-                1 if float(torch.rand((), generator=generator)) < 0.5 else -1
-            )
-            value = min(max(value + offset, 0), max_number())
-        written.append(value)
-    return completion_tokens(written, written[-1])
+    text = completion_text(tokens)
+    fmt = format_reward(text, DEMO_TAGS)
+    correct = fmt == FULL_FORMAT and extract_answer(text, DEMO_TAGS) == str(problem.answer)
+    return Grade(format_reward=fmt, correct=correct)
 
 
 def build_vocab() -> Vocab:
-    """The task's vocabulary: specials, format tags, ``+``/``=`` and the numbers 0..27 as single tokens."""
+    """The task's vocabulary: specials, format tags, ``+``/``=``/``,`` and the numbers 0..40 as single tokens."""
     numbers = [str(n) for n in range(max_number() + 1)]
-    return Vocab(["<pad>", "<bos>", "<eos>", "<r>", "</r>", "<a>", "</a>", "+", "=", *numbers])
-
+    return Vocab(["<pad>", "<bos>", "<eos>", "<r>", "</r>", "<a>", "</a>", "+", "=", ",", *numbers])

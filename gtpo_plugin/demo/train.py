@@ -22,34 +22,16 @@ from verl.trainer.ppo import core_algos, ray_trainer
 from verl.workers.config import FSDPActorConfig, OptimizerConfig, PolicyLossConfig
 
 from gtpo_plugin import compute_gtpo_terms, conflict_weights, gtpo_metrics, mean_completion_entropy
+from gtpo_plugin.demo.arms import Algorithm
 from gtpo_plugin.demo.model import response_log_probs
-from gtpo_plugin.demo.rollout import Rollout, rollout
+from gtpo_plugin.demo.rollout import Rollout, response_checksum, rollout
 from gtpo_plugin.demo.task import sample_problems
 from gtpo_plugin.demo.vocab import Vocab
 
 
 @dataclass(frozen=True)
-class Algorithm:
-    """How verl is told to run one algorithm: its advantage estimator and its policy loss."""
-
-    name: str
-    adv_estimator: str
-    loss_mode: str
-
-
-# Each algorithm as a verl user selects it. Everything else (loss aggregation, clip range, optimizer,
-# data, seeds) is shared, so the runs differ only by the algorithm. verl's "vanilla" loss differs
-# from the plugin's "gtpo" loss only by dual-clip (ratio bound 3 on negative advantages), which the
-# run logs as actor/pg_clipfrac_lower.
-ALGORITHMS = {
-    "gtpo": Algorithm("gtpo", adv_estimator="gtpo", loss_mode="gtpo"),
-    "grpo": Algorithm("grpo", adv_estimator="grpo", loss_mode="vanilla"),
-}
-
-
-@dataclass(frozen=True)
 class RLSettings:
-    """Hyper-parameters of the reinforcement-learning phase (shared by both algorithms)."""
+    """Hyper-parameters of the reinforcement-learning phase (shared by every arm of a study)."""
 
     steps: int
     group_size: int
@@ -57,10 +39,19 @@ class RLSettings:
     lr: float
     mini_batches: int
     max_new_tokens: int
+    temperature: float = 1.0
+    reward: str = "correctness"
+    norm_adv_by_std: bool = True
     clip_ratio: float = 0.2
+    # verl's dual-clip bound for the vanilla loss (its default); the gtpo loss has no dual-clip.
+    dual_clip_ratio: float = 3.0
     max_grad_norm: float = 1.0
     loss_agg_mode: str = "seq-mean-token-mean"
     gtpo: dict[str, Any] = field(default_factory=dict)
+
+    def knobs(self, algorithm: Algorithm) -> dict[str, Any]:
+        """The GTPO knobs this arm trains with: the preset's, with the arm's overrides."""
+        return {**self.gtpo, **dict(algorithm.gtpo)}
 
 
 def actor_config(algorithm: Algorithm, settings: RLSettings) -> FSDPActorConfig:
@@ -75,6 +66,7 @@ def actor_config(algorithm: Algorithm, settings: RLSettings) -> FSDPActorConfig:
         clip_ratio=settings.clip_ratio,
         clip_ratio_low=settings.clip_ratio,
         clip_ratio_high=settings.clip_ratio,
+        clip_ratio_c=settings.dual_clip_ratio,
         loss_agg_mode=settings.loss_agg_mode,
         policy_loss=PolicyLossConfig(loss_mode=algorithm.loss_mode),
         use_kl_loss=False,
@@ -89,11 +81,11 @@ def algorithm_config(algorithm: Algorithm, settings: RLSettings) -> DictConfig:
     """The ``algorithm`` section of a verl config, with GTPO's knobs under ``gtpo`` (unused by GRPO)."""
     return OmegaConf.create({
         "adv_estimator": algorithm.adv_estimator,
-        "norm_adv_by_std_in_grpo": True,
+        "norm_adv_by_std_in_grpo": settings.norm_adv_by_std,
         "use_kl_in_reward": False,
         "gamma": 1.0,
         "lam": 1.0,
-        "gtpo": {**settings.gtpo, "initial_entropy": None},
+        "gtpo": {**settings.knobs(algorithm), "initial_entropy": None},
     })
 
 
@@ -118,25 +110,36 @@ class Diagnostics:
     """What GTPO sees in a batch, computed with the core for either run: λ and the ``gtpo/*`` metrics."""
 
     weights: torch.Tensor
+    conflicts: torch.Tensor
     metrics: dict[str, float]
     group_advantage: torch.Tensor
     completion_entropy: torch.Tensor
     keep: torch.Tensor
 
 
-def diagnose(data: DataProto, settings: RLSettings, initial_entropy: float) -> Diagnostics:
-    """λ (from the signs of GRPO's A_i) and the ``gtpo/*`` metrics of a batch, with the run's ⟨H⟩_ini."""
-    knobs = {k: v for k, v in settings.gtpo.items() if k != "initial_entropy"}
-    batch = data.batch
+def diagnose(data: DataProto, knobs: dict[str, Any], norm_adv_by_std: bool, initial_entropy: float) -> Diagnostics:
+    """λ (from the signs of GRPO's A_i), the ``gtpo/*`` metrics with the arm's knobs and ⟨H⟩_ini, and the
+    conflict tokens of the default mode (``prefix_suffix``), whatever the arm: a property of the batch.
+
+    ``demo/conflict_token_frac`` is the share of valid tokens that are conflict tokens (λ ≠ 1 under
+    the default mode), the same quantity for every arm.
+    """
+    knobs = {k: v for k, v in knobs.items() if k != "initial_entropy"}
+    batch, uid = data.batch, data.non_tensor_batch["uid"]
     terms = compute_gtpo_terms(
-        batch["token_level_rewards"], batch["response_mask"], batch["responses"], data.non_tensor_batch["uid"],
-        batch["entropy"], initial_entropy=initial_entropy, **knobs,
+        batch["token_level_rewards"], batch["response_mask"], batch["responses"], uid,
+        batch["entropy"], initial_entropy=initial_entropy, norm_adv_by_std=norm_adv_by_std, **knobs,
     )
     weights = conflict_weights(
-        batch["responses"], batch["response_mask"], data.non_tensor_batch["uid"], terms.group_advantage,
+        batch["responses"], batch["response_mask"], uid, terms.group_advantage,
         amplification=knobs.get("amplification", 2.0), mode=knobs.get("conflict_mode", "prefix_suffix"),
     )
-    return Diagnostics(weights, gtpo_metrics(terms), terms.group_advantage, terms.completion_entropy, terms.keep)
+    mask = batch["response_mask"].bool()
+    default_weights = conflict_weights(batch["responses"], mask, uid, terms.group_advantage, amplification=2.0,
+                                       mode="prefix_suffix")
+    conflicts = (default_weights != 1) & mask
+    metrics = {**gtpo_metrics(terms), "demo/conflict_token_frac": float(conflicts.sum() / mask.sum().clamp(min=1))}
+    return Diagnostics(weights, conflicts, metrics, terms.group_advantage, terms.completion_entropy, terms.keep)
 
 
 def update_policy(
@@ -159,7 +162,8 @@ def update_policy(
     rows = torch.arange(len(data))
     for chunk_rows, chunk in zip(rows.chunk(mini_batches), data.chunk(mini_batches), strict=True):
         batch = chunk.batch
-        log_prob, _ = response_log_probs(model, batch["prompts"], batch["prompt_mask"], batch["responses"])
+        log_prob, _ = response_log_probs(model, batch["prompts"], batch["prompt_mask"], batch["responses"],
+                                         temperature=float(chunk.meta_info.get("temperature", 1.0)))
         log_prob.retain_grad()
         loss, metrics = loss_fn(
             old_log_prob=batch["old_log_probs"],
@@ -219,7 +223,7 @@ class Trainer:
         problems = sample_problems(self.settings.prompts_per_step, self.generator)
         batch = rollout(self.model, self.vocab, problems, group_size=self.settings.group_size,
                         max_new_tokens=self.settings.max_new_tokens, generator=self.generator,
-                        step=self.step_index)
+                        step=self.step_index, reward=self.settings.reward, temperature=self.settings.temperature)
         data = batch.data
         data = compute_advantages(data, self.algorithm, self.algo)
         batch.data = data
@@ -230,7 +234,8 @@ class Trainer:
             stored = self.algo.gtpo.get("initial_entropy")
             self.initial_entropy = float(stored) if stored is not None else mean_completion_entropy(
                 data.batch["entropy"], data.batch["response_mask"])
-        diagnostics = diagnose(data, self.settings, self.initial_entropy)
+        diagnostics = diagnose(data, self.settings.knobs(self.algorithm), self.settings.norm_adv_by_std,
+                               self.initial_entropy)
         protected = (diagnostics.weights == 0) & data.batch["response_mask"].bool()
         update = update_policy(self.model, self.optimizer, data, self.actor, protected, self.settings.mini_batches)
         # For GTPO the adapter reports the same gtpo/* values it trained with; for GRPO they are diagnostic.
@@ -240,12 +245,15 @@ class Trainer:
 
 
 def rollout_metrics(batch: Rollout) -> dict[str, float]:
-    """Reward, format accuracy, token entropy (verl's ``actor/entropy``: token mean) and length."""
+    """Reward (the preset's), accuracy, format accuracy, token entropy (verl's ``actor/entropy``: token
+    mean), length, and a checksum of the sampled tokens (two arms sampled the same batch iff equal)."""
     mask = batch.data.batch["response_mask"].float()
     entropy = float((batch.data.batch["entropy"] * mask).sum() / mask.sum().clamp(min=1))
     return {
-        "reward/mean": float(np.mean([g.reward for g in batch.grades])),
+        "reward/mean": float(np.mean(batch.rewards)),
+        "accuracy/sampled": float(np.mean([g.correct for g in batch.grades])),
         "format/accuracy": float(np.mean([g.well_formed for g in batch.grades])),
+        "demo/response_checksum": response_checksum(batch.data.batch["responses"]),
         "actor/entropy": entropy,
         "response_length/mean": float(mask.sum(dim=1).mean()),
     }
