@@ -66,8 +66,12 @@ def test_options_follow_the_arguments(tmp_path):
 
 def test_verl_vllm_extra_pins_vllm_0_24_0():
     # The one requirement verl[vllm]==0.9.1 brings vLLM 0.24.0 (and its torch and transformers) with it.
+    # Read from the installed verl's metadata, so it runs where verl 0.9.1 is installed (CI's first step);
+    # the verl 0.9.0 environment of CI's second step cannot tell what 0.9.1 pins.
+    if importlib.metadata.version("verl") != "0.9.1":
+        pytest.skip("the script fetches verl 0.9.1; this environment has verl "
+                    f"{importlib.metadata.version('verl')}, whose metadata says nothing about 0.9.1's pins")
     requires = importlib.metadata.requires("verl") or []
-    assert importlib.metadata.version("verl") == "0.9.1"
     assert 'vllm==0.24.0; extra == "vllm"' in requires
     assert 'torch==2.11.0; extra == "vllm"' in requires
 

@@ -10,6 +10,7 @@ Only the actor's GPU worker group is replaced, by :class:`OldPolicyWorkers`, a s
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -378,6 +379,49 @@ def test_fully_async_saves_and_restores_the_initial_entropy_per_parameter_versio
 # ---------------------------------------------------------------------------------- the fully async Ray actor
 
 
+def _unpad_input(hidden_states, attention_mask, unused_mask=None):
+    """Rows of ``hidden_states`` ``[B, S, ...]`` where the mask is 1, in row-major order, with flash-attn's
+    return layout (rows, their flat indices, cumulative lengths, longest length, used lengths)."""
+    mask = attention_mask if unused_mask is None else attention_mask + unused_mask
+    lengths = mask.sum(dim=-1, dtype=torch.int32)
+    indices = torch.nonzero(mask.flatten()).flatten()
+    cumulative = torch.nn.functional.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))
+    rows = hidden_states.reshape(-1, *hidden_states.shape[2:])[indices]
+    return rows, indices, cumulative, int(lengths.max()), attention_mask.sum(dim=-1, dtype=torch.int32)
+
+
+def _pad_input(rows, indices, batch, seqlen):
+    padded = rows.new_zeros(batch * seqlen, *rows.shape[1:])
+    padded[indices] = rows
+    return padded.view(batch, seqlen, *rows.shape[1:])
+
+
+def _rearrange(*args, **kwargs):
+    from einops import rearrange
+
+    return rearrange(*args, **kwargs)
+
+
+def use_torch_unpadding_where_verl_needs_flash_attn() -> None:
+    """verl 0.9.0 un-pads batches (``verl.workers.utils.padding.left_right_2_no_padding``) with flash-attn's
+    ``unpad_input`` and, unlike 0.9.1, has no CPU fallback; flash-attn is GPU-only. Only there, point verl's
+    dispatcher at the same arithmetic in plain torch (the functions above), in the calling process."""
+    if importlib.util.find_spec("flash_attn") is not None or verl.__version__ != "0.9.0":
+        return
+    from verl.utils import attention_utils
+
+    functions = (lambda rows, indices: rows[indices], _pad_input, _rearrange, _unpad_input)
+    attention_utils._get_attention_functions = lambda: functions
+
+
+@pytest.fixture(autouse=True)
+def torch_unpadding_on_verl_090(monkeypatch):
+    from verl.utils import attention_utils
+
+    monkeypatch.setattr(attention_utils, "_get_attention_functions", attention_utils._get_attention_functions)
+    use_torch_unpadding_where_verl_needs_flash_attn()  # undone by monkeypatch after each test
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """A local Ray with 2 CPUs (verl's actors ask for 10; the tests start them with num_cpus=0)."""
@@ -391,6 +435,7 @@ def local_ray():
 
 
 def _remote_advantage_step(trainer, completions):
+    use_torch_unpadding_where_verl_needs_flash_attn()  # the actor's own process
     batch = advantage_step(trainer, completions)
     return batch.batch["advantages"], dict(trainer.metrics), trainer.config.algorithm.gtpo.initial_entropy
 
