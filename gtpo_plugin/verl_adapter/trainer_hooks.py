@@ -217,22 +217,37 @@ def _hook_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., An
     return _compute_advantage
 
 
+def _save_folder(trainer_config: Any, step: int) -> str:
+    """``<default_local_dir>/global_step_<step>``, the folder verl's trainers save a checkpoint to."""
+    return os.path.join(os.path.abspath(trainer_config.default_local_dir), f"global_step_{step}")
+
+
 def _step_folder(trainer_config: Any, global_steps: int) -> str:
     """The ``global_step_<N>`` folder verl's v1 trainer saves to and, in ``auto`` mode, resumes from."""
     if trainer_config.resume_mode == "resume_path":
         return os.path.abspath(trainer_config.resume_from_path)
-    return os.path.join(os.path.abspath(trainer_config.default_local_dir), f"global_step_{global_steps}")
+    return _save_folder(trainer_config, global_steps)
 
 
-def _hook_v1_save_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _save_checkpoint(self: Any) -> Any:
-        if uses_gtpo_estimator(self.config):
-            # Written before verl records this step as the latest checkpoint, so a resume never misses it.
-            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.global_steps}")
-            save_state(self.config.algorithm, folder)
-        return original(self)
+def _hook_save_checkpoint(step_attribute: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A ``_save_checkpoint`` hook that writes ⟨H⟩_ini into the step's folder first; the step is
+    ``self.<step_attribute>`` (``global_steps``; the fully async trainer names its folders after
+    ``current_param_version``)."""
 
-    return _save_checkpoint
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def _save_checkpoint(self: Any) -> Any:
+            if uses_gtpo_estimator(self.config):
+                # Written before verl records this step as the latest checkpoint, so a resume never misses it.
+                save_state(self.config.algorithm, _save_folder(self.config.trainer, getattr(self, step_attribute)))
+            return original(self)
+
+        return _save_checkpoint
+
+    return make
+
+
+_hook_v1_save_checkpoint = _hook_save_checkpoint("global_steps")
+_hook_fully_async_save_checkpoint = _hook_save_checkpoint("current_param_version")
 
 
 def _hook_v1_load_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -307,17 +322,6 @@ def _hook_separate_fit_compute_advantage(original: Callable[..., Any]) -> Callab
         return batch
 
     return _fit_compute_advantage
-
-
-def _hook_fully_async_save_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _save_checkpoint(self: Any) -> Any:
-        if uses_gtpo_estimator(self.config):
-            # The fully async trainer names its step folders after the parameter version.
-            folder = os.path.join(self.config.trainer.default_local_dir, f"global_step_{self.current_param_version}")
-            save_state(self.config.algorithm, folder)
-        return original(self)
-
-    return _save_checkpoint
 
 
 def _hook_fully_async_load_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:

@@ -34,6 +34,7 @@ from verl.experimental.separation.ray_trainer import SeparateRayPPOTrainer  # no
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, compute_advantage  # noqa: E402
 from verl.trainer.ppo.utils import Role  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
+from verl_adapter.test_verl_trainers import CheckpointWorkers  # noqa: E402  (the checkpoint stand-in)
 
 from gtpo_plugin.verl_adapter.trainer_hooks import OLD_ENTROPY  # noqa: E402
 
@@ -317,19 +318,6 @@ def test_estimator_and_loss_mismatch_warns_once_per_run_naming_both_settings(tra
 
 
 # ----------------------------------------------------------------------------------------- checkpoint, resume
-
-
-class CheckpointWorkers:
-    """Stands in for the actor worker group's checkpoint calls."""
-
-    def __init__(self):
-        self.loaded: list[str] = []
-
-    def save_checkpoint(self, local_path, *args, **kwargs):
-        os.makedirs(local_path, exist_ok=True)
-
-    def load_checkpoint(self, local_path, *args, **kwargs):
-        self.loaded.append(local_path)
 
 
 def test_one_step_off_saves_and_restores_the_initial_entropy(tmp_path):
