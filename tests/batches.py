@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -140,3 +141,14 @@ def random_turn_batch(rng: random.Random, *, vocab: int = 3, max_turns: int = 4,
     order = list(range(len(rows)))
     rng.shuffle(order)
     return TurnBatch(*([values[i] for i in order] for values in (rows, masks, groups, scores, entropies)))
+
+
+def random_gtpo_options(rng: random.Random) -> dict:
+    """GTPO's knobs drawn for a randomised comparison with the naive reference (filter on and off, w, γ, τ, std)."""
+    return dict(
+        initial_entropy=rng.choice([0.3, 0.9, math.inf]),
+        amplification=rng.choice([1.0, 2.0, 3.0]),
+        entropy_coef=rng.choice([0.0, 0.1, 0.5]),
+        entropy_threshold=rng.choice([math.log(2), 0.5]),
+        norm_adv_by_std=rng.random() < 0.7,
+    )

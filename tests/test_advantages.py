@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from batches import Batch, random_batch, unpad
+from batches import Batch, random_batch, random_gtpo_options, unpad
 from naive_reference import naive_group_advantage, naive_gtpo_advantage
 
 from gtpo_plugin import compute_gtpo_advantage, compute_gtpo_terms, group_advantage
@@ -27,13 +27,7 @@ def test_matches_naive_reference_on_random_batches(mode):
     rng = random.Random(99)
     for _ in range(200):
         batch = random_batch(rng, binary_rewards=rng.random() < 0.6)
-        options = dict(
-            initial_entropy=rng.choice([0.3, 0.9, math.inf]),
-            amplification=rng.choice([1.0, 2.0, 3.0]),
-            entropy_coef=rng.choice([0.0, 0.1, 0.5]),
-            entropy_threshold=rng.choice([LN2, 0.5]),
-            norm_adv_by_std=rng.random() < 0.7,
-        )
+        options = random_gtpo_options(rng)
         width = batch.width + rng.randint(0, 2)
         advantages, returns = gtpo(batch, width, conflict_mode=mode, **options)
         expected = naive_gtpo_advantage(batch.completions, batch.groups, batch.scores, batch.entropies,

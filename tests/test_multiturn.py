@@ -12,7 +12,7 @@ import random
 
 import pytest
 import torch
-from batches import Batch, TurnBatch, random_batch, random_turn_batch, turns, unpad
+from batches import Batch, TurnBatch, random_batch, random_gtpo_options, random_turn_batch, turns, unpad
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from naive_reference import (
@@ -68,13 +68,7 @@ def test_advantages_match_naive_reference_on_random_holed_batches(mode):
     rng = random.Random(11)
     for _ in range(200):
         batch = random_turn_batch(rng, binary_rewards=rng.random() < 0.6)
-        options = dict(
-            initial_entropy=rng.choice([0.3, 0.9, math.inf]),
-            amplification=rng.choice([1.0, 2.0, 3.0]),
-            entropy_coef=rng.choice([0.0, 0.1, 0.5]),
-            entropy_threshold=rng.choice([LN2, 0.5]),
-            norm_adv_by_std=rng.random() < 0.7,
-        )
+        options = random_gtpo_options(rng)
         advantages, _ = compute_gtpo_advantage(batch.token_level_rewards(), batch.mask(), batch.responses(),
                                                batch.index(), batch.entropy(), conflict_mode=mode, **options)
         expected = naive_multiturn_gtpo_advantage(batch.rows, batch.masks, batch.groups, batch.scores,
