@@ -1,4 +1,5 @@
-"""In CI, a test skipped because verl or megatron-core cannot be imported is a failure.
+"""In CI, a test skipped because verl or megatron-core cannot be imported is a failure; and the shared
+``tiny_model_dir`` fixture.
 
 Tests that need verl or megatron-core skip themselves with ``pytest.importorskip(...)`` so that a
 developer with a partial install (the verl-free core only) can still run the rest. In CI that same
@@ -56,3 +57,12 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     _fail_required_import_skip(outcome.get_result())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The smoke run's tiny Qwen2 and tokenizer, built once per session (a few seconds on CPU)."""
+    pytest.importorskip("transformers")
+    from gtpo_plugin.smoke.tiny_model import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_model") / "model", seed=0)
