@@ -3,13 +3,16 @@
 verl picks its device through ``verl.plugin.platform`` (``VERL_PLATFORM`` overrides the detection) and
 registers its FSDP engine for ``cuda`` and ``npu`` only. This module stands in for the GPU and nothing else:
 it registers a platform named ``cpu`` (device ``cpu``, collective backend ``gloo``, memory queries answering
-0) and verl's own ``FSDPEngineWithLMHead`` for that device, offloading without pinned memory. Import it in a fresh process whose environment
-has ``VERL_PLATFORM=cpu`` before verl reads its platform (verl caches it on first use).
+0) and verl's own ``FSDPEngineWithLMHead`` for that device, offloading without pinned memory. Import it in a
+fresh process whose environment has ``VERL_PLATFORM=cpu`` before verl reads its platform (verl caches it on
+first use); ``start_single_process_group`` then stands in for the one-rank process group of a one-GPU job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -133,3 +136,38 @@ def register_fsdp_engine_for_cpu() -> None:
 
     EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device=["cpu"])(
         FSDPEngineWithLMHead)
+
+
+def start_single_process_group() -> None:
+    """torch.distributed with one rank on gloo, as a Ray worker of a one-GPU job has it (verl's own
+    initialisation would ask for ``cpu:gloo,cpu:gloo``, which torch refuses)."""
+    import torch.distributed as dist
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+
+
+def full_weights(worker: Any) -> dict[str, torch.Tensor]:
+    """An actor worker's parameters as plain tensors (world size 1: every DTensor holds its whole tensor)."""
+    module = worker.actor.engine.module
+    return {name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().clone()
+            for name, value in module.state_dict().items()}
+
+
+class OneRankWorkerGroup:
+    """Stands in for a ``RayWorkerGroup`` of one rank: methods go straight to the worker in this process (its
+    ``@register`` wrappers, TransferQueue bridge included, still run); dispatch info is the list of ranks'."""
+
+    def __init__(self, worker: Any):
+        self.worker = worker
+        self.world_size = 1
+        self._dispatch_info: dict[str, list[int]] = {}
+
+    def _query_dispatch_info(self, mesh_name: str) -> list[int]:
+        return [self.worker._query_dispatch_info(mesh_name)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.worker, name)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -58,16 +57,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start_single_process_group() -> None:
-    import torch.distributed as dist
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-
-
 def verl_config(args: argparse.Namespace, checkpoints: Path):
     import verl
     from hydra import compose, initialize_config_dir
@@ -86,7 +75,7 @@ def verl_config(args: argparse.Namespace, checkpoints: Path):
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
         f"actor_rollout_ref.actor.optim.lr={LEARNING_RATE}",
         f"trainer.default_local_dir={checkpoints}",
-        *([f"trainer.resume_mode=resume_path", f"trainer.resume_from_path={args.resume_from}"] if args.resume_from
+        *(["trainer.resume_mode=resume_path", f"trainer.resume_from_path={args.resume_from}"] if args.resume_from
           else ["trainer.resume_mode=disable"]),
         "trainer.n_gpus_per_node=1", "trainer.nnodes=1",
     ]
@@ -137,7 +126,8 @@ def put_completions(step: int, tokenizer) -> list[str]:
             text = "".join(parts[::2])
             score = compute_paper_score("smoke", text, str(a + b))["score"]
             output = AgentLoopOutput(prompt_ids=prompt_ids, response_ids=response_ids, response_mask=response_mask,
-                                     reward_score=score, num_turns=2 + len(parts) - 1, metrics=AgentLoopMetrics())
+                                     reward_score=score, num_turns=2 + len(parts) - 1, metrics=AgentLoopMetrics(),
+                                     extra_fields={})
             asyncio.run(loop_worker._agent_loop_postprocess(output, validate=False, uid=uid, session_id=session,
                                                             global_steps=step))
             keys.append(f"{uid}_{session}_0")
@@ -158,13 +148,6 @@ def batch_in_queue(keys: list[str]) -> dict:
     return padded
 
 
-def full_weights(worker) -> dict:
-    """The actor's parameters as plain tensors (world size 1: every DTensor holds its whole tensor)."""
-    module = worker.actor.engine.module
-    return {name: (value.full_tensor() if hasattr(value, "full_tensor") else value).detach().clone()
-            for name, value in module.state_dict().items()}
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if os.environ.get("VERL_PLATFORM") != "cpu":
@@ -173,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     import cpu_platform  # noqa: F401  (registers the platform before verl reads it)
 
     cpu_platform.register_fsdp_engine_for_cpu()
-    start_single_process_group()
+    cpu_platform.start_single_process_group()
 
     import ray
     import torch
@@ -228,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.save({"batch": queued, "metrics": metrics, "algorithm": algorithm},
                    args.run_dir / "steps" / f"step_{step}.pt")
         tq.kv_clear(keys=keys, partition_id="train")
-    torch.save(full_weights(trainer.actor_rollout_wg), args.run_dir / "final_weights.pt")
+    torch.save(cpu_platform.full_weights(trainer.actor_rollout_wg), args.run_dir / "final_weights.pt")
     tq.close()
     ray.shutdown()
     return 0

@@ -24,8 +24,9 @@ import torch
 pytest.importorskip("verl")
 transformers = pytest.importorskip("transformers")
 
-from gtpo_plugin.smoke.report import GTPO_METRICS, SmokePlan, check_smoke_dir  # noqa: E402
 from naive_reference import naive_multiturn_gtpo_advantage  # noqa: E402
+
+from gtpo_plugin.smoke.report import GTPO_METRICS, SmokePlan, check_smoke_dir  # noqa: E402
 
 RUNNER = Path(__file__).with_name("fsdp_actor_run.py")
 ARMS = ("gtpo", "grpo_no_kl", "grpo")
