@@ -1,19 +1,19 @@
-"""A few training steps of verl's v1 trainer with verl's real FSDP actor on CPU: the smoke run without vLLM.
+"""GTPO steps of verl's v1 trainer stages with verl's real FSDP actor on CPU, on chosen completions, in fp32.
 
 Run by ``test_verl_fsdp_actor_cpu.py`` in a fresh process (verl's platform and torch.distributed are
 process-wide)::
 
-    VERL_PLATFORM=cpu python fsdp_actor_run.py --model DIR --run-dir DIR --arm gtpo --steps 3 --save-step 2
+    VERL_PLATFORM=cpu python fsdp_actor_run.py --model DIR --run-dir DIR --steps 3 --save-step 2
 
 What is real: verl's ``ActorRolloutRefWorker`` (FSDP2 engine: log-probabilities, entropy, the update with the
-policy loss ``actor_rollout_ref.actor.policy_loss.loss_mode``, checkpoints), its reference worker for the
-``grpo`` arm, verl's TransferQueue, the agent loop's own ``_agent_loop_postprocess`` that writes completions to
-it, the trainer's stages ``_compute_old_log_prob``, ``_compute_ref_log_prob``, ``_compute_advantage``,
+policy loss ``gtpo``, checkpoints), verl's TransferQueue, the agent loop's own ``_agent_loop_postprocess``
+that writes completions to it, the trainer's stages ``_compute_old_log_prob``, ``_compute_advantage``,
 ``_update_actor``, ``_save_checkpoint`` and ``_load_checkpoint``, and verl's file logger.
 What stands in: the GPU (``cpu_platform``), and vLLM: completions are fixed texts in the paper's format
 (right and wrong answers, missing tags, one multi-turn completion whose tool tokens are masked out), so the
-groups share the format-tag tokens GTPO's conflict handling is about; rewards are ``compute_paper_score``.
-The workers are called in this process instead of through Ray (world size 1).
+groups share the format-tag tokens GTPO's conflict handling is about (sampling from the random tiny model
+would give none; ``fsdp_fit_run.py`` samples); rewards are ``compute_paper_score``. The worker is called in
+this process instead of through Ray (world size 1).
 
 After every step the batch as TransferQueue holds it (padded) and the step's metrics are saved to
 ``<run-dir>/steps/step_<N>.pt``; after the last step the actor's full weights to ``<run-dir>/final_weights.pt``.
@@ -28,32 +28,23 @@ import sys
 import uuid
 from pathlib import Path
 
-ARMS = {
-    "gtpo": ["algorithm.adv_estimator=gtpo", "actor_rollout_ref.actor.policy_loss.loss_mode=gtpo",
-             "actor_rollout_ref.actor.use_kl_loss=false"],
-    "grpo_no_kl": ["algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.use_kl_loss=false"],
-    "grpo": ["algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.use_kl_loss=true",
-             "actor_rollout_ref.actor.kl_loss_coef=0.001", "actor_rollout_ref.actor.kl_loss_type=low_var_kl"],
-}
+GTPO = ["algorithm.adv_estimator=gtpo", "actor_rollout_ref.actor.policy_loss.loss_mode=gtpo",
+        "actor_rollout_ref.actor.use_kl_loss=false"]
 PROMPTS_PER_STEP = 2
 COMPLETIONS_PER_PROMPT = 4
 TEMPERATURE = 0.9
 LEARNING_RATE = 1e-3
-FP32 = "{param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
-PRECISIONS = {"fp32": [f"++actor_rollout_ref.actor.fsdp_config.mixed_precision={FP32}",
-                       f"++actor_rollout_ref.ref.fsdp_config.mixed_precision={FP32}"],
-              "bf16": []}  # verl's default: bf16 parameters in forward and backward, fp32 master weights
+# fp32 in forward and backward (verl's default is bf16 there), so that the references can be exact
+FP32 = "++actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="the tiny model's folder")
     parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--arm", choices=sorted(ARMS), default="gtpo")
     parser.add_argument("--steps", type=int, default=3, help="train until this global step")
     parser.add_argument("--save-step", type=int, default=2, help="save a checkpoint after this step")
     parser.add_argument("--resume-from", type=Path, help="a global_step_<N> folder to resume from")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32")
     return parser.parse_args(argv)
 
 
@@ -62,9 +53,9 @@ def verl_config(args: argparse.Namespace, checkpoints: Path):
     from hydra import compose, initialize_config_dir
 
     overrides = [
-        *ARMS[args.arm], *PRECISIONS[args.precision],
+        *GTPO, FP32,
         "algorithm.use_kl_in_reward=false", "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
-        "actor_rollout_ref.actor.strategy=fsdp2", "actor_rollout_ref.ref.strategy=fsdp2",
+        "actor_rollout_ref.actor.strategy=fsdp2",
         f"actor_rollout_ref.model.path={args.model}", "actor_rollout_ref.model.use_remove_padding=false",
         "+actor_rollout_ref.model.override_config.attn_implementation=eager",
         f"actor_rollout_ref.rollout.n={COMPLETIONS_PER_PROMPT}", f"actor_rollout_ref.rollout.temperature={TEMPERATURE}",
@@ -72,7 +63,6 @@ def verl_config(args: argparse.Namespace, checkpoints: Path):
         f"data.train_batch_size={PROMPTS_PER_STEP}", f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS_PER_STEP}",
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
         f"actor_rollout_ref.actor.optim.lr={LEARNING_RATE}",
         f"trainer.default_local_dir={checkpoints}",
         *(["trainer.resume_mode=resume_path", f"trainer.resume_from_path={args.resume_from}"] if args.resume_from
@@ -179,15 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
     trainer = PPOTrainerSync(config)  # the plugin's start-up checks run here, as in verl's main_ppo
-    trainer.ref_in_actor = False
     trainer.actor_rollout_wg = ActorRolloutRefWorker(config.actor_rollout_ref, role="actor")
     trainer.actor_rollout_wg.init_model()
-    if trainer.use_reference_policy:
-        trainer.ref_policy_wg = ActorRolloutRefWorker(config.actor_rollout_ref, role="ref")
-        trainer.ref_policy_wg.init_model()
     trainer.train_dataloader = StatefulDataLoader(list(range(8)), batch_size=PROMPTS_PER_STEP)
     trainer._load_checkpoint()
-    logger = Tracking(project_name="gtpo-cpu", experiment_name=args.arm, default_backend=["file"])
+    logger = Tracking(project_name="gtpo-cpu", experiment_name="gtpo", default_backend=["file"])
     tokenizer = AutoTokenizer.from_pretrained(args.model)
 
     for step in range(trainer.global_steps + 1, args.steps + 1):
@@ -198,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
             keys = put_completions(step, tokenizer)
             batch = KVBatchMeta(partition_id="train", keys=keys, tags=[{"status": "success"}] * len(keys))
             batch = trainer._compute_old_log_prob(batch, metrics)
-            if trainer.use_reference_policy:
-                batch = trainer._compute_ref_log_prob(batch, metrics)
             batch = trainer._compute_advantage(batch, metrics)
             queued = batch_in_queue(keys)
             batch = trainer._update_actor(batch, metrics)
