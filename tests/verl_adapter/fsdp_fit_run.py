@@ -99,6 +99,17 @@ class WeightSync:
         pass  # nothing to free on CPU
 
 
+def load_balancer(servers: dict[str, Any]) -> Any:
+    """verl's global load balancer over ``servers``, built as its ``LLMServerManager`` builds it."""
+    try:
+        from verl.workers.rollout.router import get_router_handle
+    except ImportError:  # verl 0.9.0: the balancer class lives in llm_server and is made a Ray actor there
+        from verl.workers.rollout.llm_server import GlobalRequestLoadBalancer
+
+        return ray.remote(GlobalRequestLoadBalancer).remote(servers=servers)
+    return get_router_handle(servers=servers)
+
+
 def load_config(path: Path):
     from omegaconf import OmegaConf, open_dict
 
@@ -127,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     from verl.trainer.ppo.v1 import AgentLoopManagerTQ, get_trainer_cls
     from verl.workers.engine_workers import ActorRolloutRefWorker
     from verl.workers.rollout.llm_server import LLMServerClient
-    from verl.workers.rollout.router import get_router_handle
 
     config = load_config(Path(argv[0]))
     os.environ.update({key: str(value) for key, value in config.ray_kwargs.ray_init.runtime_env.env_vars.items()})
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer._load_checkpoint()
         trainer.on_init_end()
 
-        client = LLMServerClient(config=config, load_balancer_handle=get_router_handle(servers={"hf-0": server}))
+        client = LLMServerClient(config=config, load_balancer_handle=load_balancer({"hf-0": server}))
         agent_loop_manager = AgentLoopManagerTQ.create(config=config, llm_client=client, teacher_client=None,
                                                        reward_loop_worker_handles=trainer.get_reward_handles())
         trainer.fit(agent_loop_manager)
