@@ -8,7 +8,7 @@ process-wide)::
 What is real: verl's ``ActorRolloutRefWorker`` (FSDP2 engine: log-probabilities, entropy, the update with the
 policy loss ``gtpo``, checkpoints), verl's TransferQueue, the agent loop's own ``_agent_loop_postprocess``
 that writes completions to it, the trainer's stages ``_compute_old_log_prob``, ``_compute_advantage``,
-``_update_actor``, ``_save_checkpoint`` and ``_load_checkpoint``, and verl's file logger.
+``_update_actor``, ``_save_checkpoint`` and ``_load_checkpoint``.
 What stands in: the GPU (``cpu_platform``), and vLLM: completions are fixed texts in the paper's format
 (right and wrong answers, missing tags, one multi-turn completion whose tool tokens are masked out), so the
 groups share the format-tag tokens GTPO's conflict handling is about (sampling from the random tiny model
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("VERL_PLATFORM") != "cpu":
         raise SystemExit("run with VERL_PLATFORM=cpu: verl must take the CPU stand-in platform")
     sys.path.insert(0, str(Path(__file__).parent))
-    import cpu_platform  # noqa: F401  (registers the platform before verl reads it)
+    import cpu_platform  # registers the platform before verl reads it
 
     cpu_platform.register_fsdp_engine_for_cpu()
     cpu_platform.start_single_process_group()
@@ -156,41 +156,34 @@ def main(argv: list[str] | None = None) -> int:
     from transfer_queue import KVBatchMeta
     from transformers import AutoTokenizer
     from verl.trainer.ppo.v1 import PPOTrainerSync
-    from verl.utils.debug import marked_timer
-    from verl.utils.tracking import Tracking
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
     args.run_dir.mkdir(parents=True, exist_ok=True)
     (args.run_dir / "steps").mkdir(exist_ok=True)
     checkpoints = args.run_dir / "checkpoints"
     config = verl_config(args, checkpoints)
-    os.environ["VERL_FILE_LOGGER_PATH"] = str(args.run_dir / "metrics.jsonl")
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     tq.init(OmegaConf.create({"backend": {"SimpleStorage": {"num_data_storage_units": 1}}}))
     trainer = PPOTrainerSync(config)  # the plugin's start-up checks run here, as in verl's main_ppo
     trainer.actor_rollout_wg = ActorRolloutRefWorker(config.actor_rollout_ref, role="actor")
     trainer.actor_rollout_wg.init_model()
+    # checkpoints hold the dataloader's position; this run feeds its own completions, so any loader will do
     trainer.train_dataloader = StatefulDataLoader(list(range(8)), batch_size=PROMPTS_PER_STEP)
     trainer._load_checkpoint()
-    logger = Tracking(project_name="gtpo-cpu", experiment_name="gtpo", default_backend=["file"])
     tokenizer = AutoTokenizer.from_pretrained(args.model)
 
     for step in range(trainer.global_steps + 1, args.steps + 1):
         trainer.global_steps = step
         metrics: dict = {}
-        timing: dict = {}
-        with marked_timer("step", timing):
-            keys = put_completions(step, tokenizer)
-            batch = KVBatchMeta(partition_id="train", keys=keys, tags=[{"status": "success"}] * len(keys))
-            batch = trainer._compute_old_log_prob(batch, metrics)
-            batch = trainer._compute_advantage(batch, metrics)
-            queued = batch_in_queue(keys)
-            batch = trainer._update_actor(batch, metrics)
-            if step == args.save_step or step == args.steps:
-                trainer._save_checkpoint()
-        metrics["timing_s/step"] = timing["step"]
-        logger.log(data=metrics, step=step)
+        keys = put_completions(step, tokenizer)
+        batch = KVBatchMeta(partition_id="train", keys=keys, tags=[{"status": "success"}] * len(keys))
+        batch = trainer._compute_old_log_prob(batch, metrics)
+        batch = trainer._compute_advantage(batch, metrics)
+        queued = batch_in_queue(keys)
+        batch = trainer._update_actor(batch, metrics)
+        if step == args.save_step or step == args.steps:
+            trainer._save_checkpoint()
         algorithm = OmegaConf.to_container(trainer.config.algorithm, resolve=True)
         torch.save({"batch": queued, "metrics": metrics, "algorithm": algorithm},
                    args.run_dir / "steps" / f"step_{step}.pt")
