@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import config_tree
 import pytest
 import yaml
 
@@ -127,25 +128,9 @@ def verl_checks():
     return OmegaConf, need_reference_policy, need_critic, validate_config
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
     """Keys whose values differ once each run's own experiment name (and the paths made from it) is masked."""
-    name_a, name_b = a["trainer"]["experiment_name"], b["trainer"]["experiment_name"]
-    flat_a, flat_b = flatten(a), flatten(b)
-    return {
-        key for key in flat_a.keys() | flat_b.keys()
-        if str(flat_a.get(key, "<absent>")).replace(name_a, "<name>")
-        != str(flat_b.get(key, "<absent>")).replace(name_b, "<name>")
-    }
+    return config_tree.differing_keys(a, b, (a["trainer"]["experiment_name"], b["trainer"]["experiment_name"]))
 
 
 @pytest.mark.parametrize("name", SCRIPT_RUNS + ["gtpo_fsdp_math", "gtpo_megatron_math"])

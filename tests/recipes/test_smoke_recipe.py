@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from config_tree import differing_keys
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the recipes are bash scripts")
 
@@ -58,23 +59,6 @@ def config(dry_run, arm: str, run: str) -> dict[str, Any]:
     loaded = yaml.safe_load((workdir / "smoke_run" / "configs" / f"{arm}_{run}.yaml").read_text())
     assert isinstance(loaded, dict)
     return loaded
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def differing_keys(a: dict[str, Any], b: dict[str, Any], mask: tuple[str, str] = ("", "")) -> set[str]:
-    flat_a, flat_b = flatten(a), flatten(b)
-    return {key for key in flat_a.keys() | flat_b.keys()
-            if str(flat_a.get(key, "<absent>")).replace(mask[0], "<>")
-            != str(flat_b.get(key, "<absent>")).replace(mask[1], "<>")}
 
 
 def test_dry_run_builds_model_and_data_prints_configs_and_trains_nothing(dry_run):

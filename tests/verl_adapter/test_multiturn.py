@@ -19,7 +19,6 @@ verl = pytest.importorskip("verl")
 import transfer_queue as tq  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402
-from verl.utils.tensordict_utils import list_of_dict_to_tensordict  # noqa: E402
 from verl_adapter.test_verl_trainers import (  # noqa: E402  (helpers and the TransferQueue fixture)
     METRIC_KEYS,
     TRAINERS,
@@ -109,26 +108,6 @@ class MultiTurnRollouts(Rollouts):
             response, mask = turns(("model", row["response"][:2]), *segments)
             row["response"], row["mask"] = response, mask
             row["entropy"] = [float(rng.uniform(0.05, 1.0)) if keep else 9.0 for keep in mask]
-
-    def put(self):
-        fields, tags = [], []
-        for row in self.rows:
-            length = len(row["response"])
-            scores = torch.zeros(length)
-            scores[-1] = row["score"]
-            fields.append({"uid": row["uid"], "prompts": torch.tensor(row["prompt"]),
-                           "responses": torch.tensor(row["response"]),
-                           "response_mask": torch.tensor(row["mask"], dtype=torch.int64), "rm_scores": scores,
-                           "rollout_log_probs": torch.full((length,), -0.5)})
-            tags.append({"status": "success", "prompt_len": 3, "response_len": length, "seq_len": 3 + length})
-        return tq.kv_batch_put(keys=self.keys, partition_id="train", fields=list_of_dict_to_tensordict(fields),
-                               tags=tags)
-
-    def padded(self):
-        responses, _, rewards, entropy, uid = super().padded()
-        width = responses.shape[1]
-        mask = torch.tensor([row["mask"] + [0] * (width - len(row["mask"])) for row in self.rows])
-        return responses, mask, rewards, entropy, uid
 
 
 @pytest.mark.parametrize("trainer", sorted(TRAINERS))

@@ -98,7 +98,10 @@ class Completions:
                                   "entropy": rng.uniform(0.05, 1.0, size=len(response)).tolist()})
 
     def padded(self):
-        """``responses``, ``response_mask``, token-level rewards, ``entropy`` ``[B, L]`` and ``uid``."""
+        """``responses``, ``response_mask``, token-level rewards, ``entropy`` ``[B, L]`` and ``uid``.
+
+        The same as ``test_verl_trainers.pad_rows``, kept here on purpose: these completions are also sent to
+        a Ray actor, whose process cannot import the test modules."""
         width = max(len(row["response"]) for row in self.rows)
         pad = [width - len(row["response"]) for row in self.rows]
         responses = torch.tensor([row["response"] + [0] * p for row, p in zip(self.rows, pad, strict=True)])

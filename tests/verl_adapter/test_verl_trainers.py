@@ -161,6 +161,21 @@ def transfer_queue():
         ray.shutdown()
 
 
+def pad_rows(rows: list[dict]):
+    """``responses``, ``response_mask``, token-level rewards (the score on the last response token),
+    ``entropy`` ``[B, L]``, right-padded with 0, and ``uid``; from rows with ``response``, ``mask``,
+    ``entropy``, ``score`` and ``uid``."""
+    width = max(len(row["response"]) for row in rows)
+    pad = [width - len(row["response"]) for row in rows]
+    responses = torch.tensor([row["response"] + [0] * p for row, p in zip(rows, pad, strict=True)])
+    mask = torch.tensor([row["mask"] + [0] * p for row, p in zip(rows, pad, strict=True)])
+    entropy = torch.tensor([row["entropy"] + [0.0] * p for row, p in zip(rows, pad, strict=True)])
+    rewards = torch.zeros(mask.shape)
+    last = torch.tensor([len(row["response"]) - 1 for row in rows])
+    rewards[torch.arange(len(rows)), last] = torch.tensor([row["score"] for row in rows])
+    return responses, mask, rewards, entropy, np.array([row["uid"] for row in rows], dtype=object)
+
+
 class Rollouts:
     """Completions put into TransferQueue as verl's agent loop puts them (key ``{uid}_{session}_0``)."""
 
@@ -173,7 +188,7 @@ class Rollouts:
                 response = shared + rng.integers(1, 4, size=int(rng.integers(0, 5))).tolist()
                 self.rows.append({
                     "key": f"{uid}_{session}_0", "uid": uid, "prompt": rng.integers(10, 20, size=3).tolist(),
-                    "response": response, "score": float(rng.integers(0, 2)),
+                    "response": response, "mask": [1] * len(response), "score": float(rng.integers(0, 2)),
                     "entropy": rng.uniform(0.05, 1.0, size=len(response)).tolist(),
                 })
         self.keys = [row["key"] for row in self.rows]
@@ -186,21 +201,14 @@ class Rollouts:
             scores[-1] = row["score"]
             fields.append({"uid": row["uid"], "prompts": torch.tensor(row["prompt"]),
                            "responses": torch.tensor(row["response"]),
-                           "response_mask": torch.ones(length, dtype=torch.int64), "rm_scores": scores,
+                           "response_mask": torch.tensor(row["mask"], dtype=torch.int64), "rm_scores": scores,
                            "rollout_log_probs": torch.full((length,), -0.5)})
             tags.append({"status": "success", "prompt_len": 3, "response_len": length, "seq_len": 3 + length})
         return tq.kv_batch_put(keys=self.keys, partition_id="train", fields=list_of_dict_to_tensordict(fields),
                                tags=tags)
 
     def padded(self):
-        width = max(len(row["response"]) for row in self.rows)
-        pad = [width - len(row["response"]) for row in self.rows]
-        responses = torch.tensor([row["response"] + [0] * p for row, p in zip(self.rows, pad, strict=True)])
-        mask = torch.tensor([[1] * len(row["response"]) + [0] * p for row, p in zip(self.rows, pad, strict=True)])
-        entropy = torch.tensor([row["entropy"] + [0.0] * p for row, p in zip(self.rows, pad, strict=True)])
-        rewards = torch.zeros(mask.shape)
-        rewards[torch.arange(len(self.rows)), mask.sum(1) - 1] = torch.tensor([row["score"] for row in self.rows])
-        return responses, mask, rewards, entropy, np.array([row["uid"] for row in self.rows], dtype=object)
+        return pad_rows(self.rows)
 
 
 class OldPolicyWorkers:
