@@ -188,3 +188,32 @@ def test_cli_exit_status_and_output(smoke_dir, capsys):
     assert main(arguments) == 1
     assert "SMOKE RUN FAILED" in capsys.readouterr().err
     assert main([*arguments, "--arms", "grpo"]) == 0
+
+
+def test_verls_bf16_entropy_metric_passes_and_padding_read_as_entropy_does_not():
+    """verl's ``actor/entropy`` is ``agg_loss`` over the bf16 entropy tensor; GTPO averages the same tensor.
+
+    Drawn the way the smoke runs look (entropies near ln V of a random model, 8 completions of up to 160
+    tokens, padded); verl rounds each completion's token sum to bf16, which is what the tolerance is for.
+    Counting the padding columns in each completion's mean, a layout mistake, must still fail the check.
+    """
+    from verl.trainer.ppo.core_algos import agg_loss
+
+    from gtpo_plugin.smoke.report import ENTROPY_RTOL, check_gtpo_step
+
+    generator = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for draw in range(200):
+        lengths = torch.randint(1, 161, (8,), generator=generator)
+        mask = (torch.arange(160) < lengths[:, None]).long()
+        entropy = (math.log(VOCAB) - 0.05 * torch.rand(8, 160, generator=generator)).to(torch.bfloat16)
+        terms = compute_gtpo_terms(torch.zeros(8, 160), mask, torch.randint(3, VOCAB, (8, 160), generator=generator),
+                                   np.array(["q"] * 8, dtype=object), entropy, initial_entropy=H_INI)
+        metrics = {**gtpo_metrics(terms), "actor/entropy": agg_loss(entropy, mask, "seq-mean-token-mean").item()}
+        worst = max(worst, abs(metrics["gtpo/mean_completion_entropy"] / metrics["actor/entropy"] - 1))
+        assert check_gtpo_step(metrics, VOCAB, f"draw {draw}") == []
+
+        padding_counted = (entropy.double() * mask).sum(dim=-1).div(160).mean().item()
+        wrong = {**metrics, "gtpo/mean_completion_entropy": padding_counted}
+        assert any("does not read the entropy" in problem for problem in check_gtpo_step(wrong, VOCAB, "wrong"))
+    assert 1e-4 < worst < ENTROPY_RTOL  # bf16 rounding shows, and stays inside the tolerance
