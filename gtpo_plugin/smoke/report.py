@@ -43,8 +43,9 @@ PEAK_MEMORY = {
 # verl aggregates actor/entropy in the entropy tensor's own dtype: bf16 under its default autocast, whose
 # unit roundoff is 2**-8. Under seq-mean-token-mean each completion's token sum is rounded to bf16 once
 # (relative error <= 2**-8); GTPO averages the same values in float64. The tolerance is four such roundings
-# (CPU runs of the recipe's configs differed by up to 1.2e-3). The exact, layout-sensitive comparison is
-# the fp32 engine test (tests/verl_adapter/test_verl_fsdp_actor_cpu.py, 1e-5).
+# (CPU runs of the recipe's configs differed by up to 1.2e-3). This sees a wrong field or padding counted as
+# entropy, not a one-column shift: a random-init model's token entropies are all near ln V. The exact,
+# layout-sensitive comparison is the fp32 engine test (tests/verl_adapter/test_verl_fsdp_actor_cpu.py, 1e-5).
 ENTROPY_RTOL = 2**-6
 SAME_VALUE_RTOL = 1e-9
 
