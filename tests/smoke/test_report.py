@@ -19,15 +19,18 @@ from gtpo_plugin import compute_gtpo_terms, gtpo_metrics
 from gtpo_plugin.smoke.cli import main
 from gtpo_plugin.smoke.report import (
     ARMS,
+    ENTROPY_RTOL,
     GTPO_METRICS,
     PEAK_MEMORY,
     SmokePlan,
+    check_gtpo_step,
     check_smoke_dir,
     format_table,
     read_metrics,
 )
 
 pytest.importorskip("verl")
+from verl.trainer.ppo.core_algos import agg_loss  # noqa: E402
 from verl.utils.py_functional import rename_dict  # noqa: E402
 from verl.utils.tracking import FileLogger  # noqa: E402
 
@@ -197,10 +200,6 @@ def test_verls_bf16_entropy_metric_passes_and_padding_read_as_entropy_does_not()
     tokens, padded); verl rounds each completion's token sum to bf16, which is what the tolerance is for.
     Counting the padding columns in each completion's mean, a layout mistake, must still fail the check.
     """
-    from verl.trainer.ppo.core_algos import agg_loss
-
-    from gtpo_plugin.smoke.report import ENTROPY_RTOL, check_gtpo_step
-
     generator = torch.Generator().manual_seed(0)
     worst = 0.0
     for draw in range(200):

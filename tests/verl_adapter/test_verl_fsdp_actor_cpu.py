@@ -24,6 +24,7 @@ pytest.importorskip("verl")
 transformers = pytest.importorskip("transformers")
 
 from naive_reference import naive_multiturn_gtpo_advantage  # noqa: E402
+from verl_adapter.fsdp_actor_run import TEMPERATURE  # noqa: E402
 
 from gtpo_plugin.smoke.report import GTPO_METRICS, SmokePlan  # noqa: E402
 
@@ -82,9 +83,8 @@ def first_step(runs, tiny_model_dir):
     record = step_record(runs, "first", 1)
     model = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager",
                                                                dtype=torch.float32)
-    temperature = 0.9  # fsdp_actor_run.TEMPERATURE
-    entropy, log_probs = naive_token_statistics(model, record["batch"], temperature)
-    return record, model, entropy, log_probs, temperature
+    entropy, log_probs = naive_token_statistics(model, record["batch"], TEMPERATURE)
+    return record, model, entropy, log_probs, TEMPERATURE
 
 
 def test_the_engine_writes_entropy_and_log_probs_per_response_token(first_step):
