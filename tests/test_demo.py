@@ -13,19 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import verl  # noqa: F401  (loads the GTPO plugin: adv_estimator and policy loss "gtpo")
-from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
-from gtpo_plugin import compute_gtpo_advantage, conflict_weights, mean_completion_entropy
-from gtpo_plugin.demo import main
-from gtpo_plugin.demo.arms import ALGORITHMS
-from gtpo_plugin.demo.cli import OUTPUT_FILES
-from gtpo_plugin.demo.model import build_model, next_token_logits, response_log_probs
-from gtpo_plugin.demo.options import DemoOptions
-from gtpo_plugin.demo.presets import PRESETS
-from gtpo_plugin.demo.rollout import sample
-from gtpo_plugin.demo.study import FINAL_METRICS, run_study
-from gtpo_plugin.demo.task import (
+verl = pytest.importorskip("verl")  # also loads the GTPO plugin: adv_estimator and policy loss "gtpo"
+from verl.trainer.ppo.core_algos import get_policy_loss_fn  # noqa: E402
+
+from gtpo_plugin import compute_gtpo_advantage, conflict_weights, mean_completion_entropy  # noqa: E402
+from gtpo_plugin.demo import main  # noqa: E402
+from gtpo_plugin.demo.arms import ALGORITHMS  # noqa: E402
+from gtpo_plugin.demo.cli import OUTPUT_FILES  # noqa: E402
+from gtpo_plugin.demo.model import build_model, next_token_logits, response_log_probs  # noqa: E402
+from gtpo_plugin.demo.options import DemoOptions  # noqa: E402
+from gtpo_plugin.demo.presets import PRESETS  # noqa: E402
+from gtpo_plugin.demo.rollout import sample  # noqa: E402
+from gtpo_plugin.demo.study import FINAL_METRICS, run_study  # noqa: E402
+from gtpo_plugin.demo.task import (  # noqa: E402
     Problem,
     build_vocab,
     completion_text,
@@ -33,9 +34,9 @@ from gtpo_plugin.demo.task import (
     grade,
     noisy_demonstration,
 )
-from gtpo_plugin.demo.train import Trainer, compute_advantages
-from gtpo_plugin.demo.vocab import pad_left, pad_right
-from gtpo_plugin.demo.warmup import warm_up
+from gtpo_plugin.demo.train import Trainer, compute_advantages  # noqa: E402
+from gtpo_plugin.demo.vocab import pad_left, pad_right  # noqa: E402
+from gtpo_plugin.demo.warmup import warm_up  # noqa: E402
 
 PROBLEM = Problem((3, 5, 4, 2))
 # <r> 3 + 5 = 8 , 4 + 8 = 12 , + 2 = 14 </r> <a> 14 </a> <eos>

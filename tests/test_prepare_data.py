@@ -58,6 +58,7 @@ def test_gsm8k_rows_in_verl_format(tmp_path):
 
 
 def test_math_reference_is_the_last_boxed_answer(tmp_path):
+    pytest.importorskip("verl")  # the \boxed{} extraction is verl's math_reward
     source = tmp_path / "math.parquet"
     pd.DataFrame(MATH).to_parquet(source)
     rows = run(tmp_path, "--dataset", "math", "--source", str(source), "--split", "train")
@@ -73,6 +74,7 @@ def test_math_answer_column_wins_over_the_solution(tmp_path):
 
 
 def test_math_solution_without_boxed_answer_names_the_row(tmp_path):
+    pytest.importorskip("verl")  # the \boxed{} extraction is verl's math_reward
     source = write_jsonl(tmp_path / "math.jsonl", [MATH[1], {"problem": "p", "solution": "The answer is 3."}])
     with pytest.raises(ValueError, match=r"row 2: column 'solution' has no \\boxed"):
         run(tmp_path, "--dataset", "math", "--source", str(source), "--split", "train")

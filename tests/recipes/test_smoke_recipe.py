@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from config_tree import differing_keys
 
@@ -46,6 +47,7 @@ def smoke_env(home: Path, **variables: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
+    pytest.importorskip("verl")  # the dry run prints each config through verl's own Hydra app
     workdir = tmp_path_factory.mktemp("smoke")
     # verl's plugin loading cannot change the printed config; off, it saves ~5 s of CPU per launch.
     env = smoke_env(workdir, DRY_RUN="1", VERL_USE_EXTERNAL_PLUGINS="none")
@@ -138,6 +140,19 @@ def test_arms_differ_only_in_the_algorithm(dry_run):
     assert differ("gtpo", "grpo_no_kl") == ALGORITHM_KEYS - {"actor_rollout_ref.actor.use_kl_loss"}
     assert gtpo["trainer"]["experiment_name"] == "smoke_gtpo"
 
+
+@pytest.mark.parametrize("arm", ["grpo_no_kl", "grpo"])
+def test_grpo_arms_without_a_reward_still_move_their_weights_through_weight_decay(dry_run, arm):
+    # The smoke run's random model earns no reward, so GRPO's advantages and policy gradient are 0; the
+    # docs say its weights still move: the optimizer the config names decays them (verl's default 0.01).
+    optim = config(dry_run, arm, "first")["actor_rollout_ref"]["actor"]["optim"]
+    assert (optim["optimizer_impl"], optim["optimizer"], optim["weight_decay"]) == ("torch.optim", "AdamW", 0.01)
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=optim["lr"], weight_decay=optim["weight_decay"])
+    weight.grad = torch.zeros(3)  # what advantages of 0 give
+    optimizer.step()
+    torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - optim["lr"] * optim["weight_decay"]))
+    assert bool((weight != 1).all())
 
 def test_verls_dataset_reads_the_smoke_data_with_the_printed_settings(dry_run):
     pytest.importorskip("verl")

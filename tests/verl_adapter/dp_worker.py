@@ -10,7 +10,7 @@ average the parameter gradients over the ranks (the all-reduce FSDP/DDP do). The
 small bigram language model in float64, the same on every rank; its log-probs are laid out as
 verl's engines return them (one flat tensor over every prompt+response token, shifted by one).
 It saves ``{case: {"loss": summed micro-batch losses, "grads": {name: tensor}}}`` for every case
-of :data:`CASES` to OUT_FILE.
+of :data:`CASES`, and for those of :data:`UNEVEN_CASES` under ``("uneven", *case)``, to OUT_FILE.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ AGG_MODES = (
 # the comparison can fail.
 CASES = tuple((loss, agg, factor, "global") for loss in ("gtpo", "vanilla") for agg, factor in AGG_MODES)
 CASES += (("gtpo", "token-mean", None, "local"), ("gtpo", "token-sum", None, "local"))
+# seq-mean-token-sum-norm with and without loss_scale_factor, in micro-batches of 3: one rank then splits
+# its 8 sequences into 3 + 3 + 2, two ranks their 4 each into 3 + 1, so the micro-batches' padded lengths
+# (verl's divisor when the factor is unset) differ between the two runs. Micro-batches of 2 would group
+# the same pairs at both sizes and hide the dependence.
+UNEVEN_MICRO_BATCH_SIZE = 3
+UNEVEN_CASES = tuple(("gtpo", "seq-mean-token-sum-norm", factor, "global") for factor in (None, 16.0))
 
 
 class BigramPolicy(torch.nn.Module):
@@ -103,7 +109,8 @@ def engine_micro_batch(model: BigramPolicy, rows: list[dict[str, torch.Tensor]],
     return data, flat
 
 
-def actor_update(rank: int, world_size: int, loss_mode: str, agg: str, factor: float | None, info: str) -> dict:
+def actor_update(rank: int, world_size: int, loss_mode: str, agg: str, factor: float | None, info: str,
+                 micro_batch_size: int = MICRO_BATCH_SIZE) -> dict:
     """One mini-batch of the FSDP engine's forward_backward_batch for this rank; the DP-averaged gradients."""
     import verl  # noqa: F401  (loads the GTPO plugin through verl's entry point)
     from verl.workers.config import FSDPActorConfig
@@ -121,12 +128,12 @@ def actor_update(rank: int, world_size: int, loss_mode: str, agg: str, factor: f
     else:
         batch_info = {"dp_size": 1, "batch_num_tokens": local_tokens, "global_batch_size": len(mine)}
     config = FSDPActorConfig(strategy="fsdp", policy_loss=PolicyLossConfig(loss_mode=loss_mode),
-                             ppo_mini_batch_size=len(rows), ppo_micro_batch_size_per_gpu=MICRO_BATCH_SIZE,
+                             ppo_mini_batch_size=len(rows), ppo_micro_batch_size_per_gpu=micro_batch_size,
                              rollout_n=1, loss_agg_mode=agg, loss_scale_factor=factor)
     model = BigramPolicy()
     total_loss = torch.zeros((), dtype=torch.float64)
-    for start in range(0, len(mine), MICRO_BATCH_SIZE):
-        data, flat = engine_micro_batch(model, mine[start:start + MICRO_BATCH_SIZE], **batch_info)
+    for start in range(0, len(mine), micro_batch_size):
+        data, flat = engine_micro_batch(model, mine[start:start + micro_batch_size], **batch_info)
         loss, _ = ppo_loss(config, {"log_probs": flat}, data)
         loss.backward()
         total_loss += loss.detach()
@@ -143,6 +150,8 @@ def main(rank: int, world_size: int, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         results = {case: actor_update(rank, world_size, *case) for case in CASES}
+        results.update({("uneven", *case): actor_update(rank, world_size, *case, UNEVEN_MICRO_BATCH_SIZE)
+                        for case in UNEVEN_CASES})
     finally:
         dist.destroy_process_group()
     torch.save(results, out_file)

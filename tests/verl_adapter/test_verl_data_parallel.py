@@ -42,7 +42,7 @@ def launch(world_size: int, folder: Path) -> dict:
         assert process.returncode == 0, f"rank {rank} of {world_size} failed:\n{logs[rank][-4000:]}"
     results = [torch.load(out, weights_only=False) for out in outputs]
     for other in results[1:]:  # after the all-reduce every rank holds the same gradients
-        for case in dp_worker.CASES:
+        for case in results[0]:
             for name, grad in results[0][case]["grads"].items():
                 torch.testing.assert_close(other[case]["grads"][name], grad, rtol=0, atol=0)
     return results[0]
@@ -82,3 +82,15 @@ def test_gtpo_matches_vanilla_when_dual_clip_is_idle(runs):
     for agg, factor in dp_worker.AGG_MODES:
         gtpo, vanilla = runs[2][("gtpo", agg, factor, "global")], runs[2][("vanilla", agg, factor, "global")]
         torch.testing.assert_close(gtpo["grads"]["out"], vanilla["grads"]["out"], rtol=1e-12, atol=1e-14)
+
+
+def test_seq_mean_token_sum_norm_needs_loss_scale_factor_to_be_invariant(runs):
+    # Micro-batches that differ between one and two ranks (3 + 3 + 2 against 3 + 1 per rank): with
+    # actor.loss_scale_factor set, two ranks give the one-rank gradients; unset, verl divides each
+    # micro-batch by its own padded length and the gradients differ.
+    scaled, unscaled = (("uneven", "gtpo", "seq-mean-token-sum-norm", factor, "global") for factor in (16.0, None))
+    for name, grad in runs[1][scaled]["grads"].items():
+        assert grad.abs().max() > 1e-3, f"{name}: the gradient should not be trivially zero"
+        torch.testing.assert_close(runs[2][scaled]["grads"][name], grad, rtol=1e-12, atol=1e-14)
+    one, two = runs[1][unscaled]["grads"]["out"], runs[2][unscaled]["grads"]["out"]
+    assert (two - one).abs().max() > 1e-3 * one.abs().max()

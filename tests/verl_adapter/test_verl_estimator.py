@@ -7,18 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
+from helpers import METRIC_KEYS
 
 from gtpo_plugin import compute_gtpo_advantage, compute_gtpo_terms, gtpo_metrics, mean_completion_entropy
 
 verl = pytest.importorskip("verl")
+from omegaconf import OmegaConf  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn  # noqa: E402
 from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402
 
 LN2 = math.log(2)
-METRIC_KEYS = {"gtpo/protected_token_frac", "gtpo/amplified_token_frac", "gtpo/filtered_completion_frac",
-               "gtpo/mean_completion_entropy", "gtpo/initial_entropy"}
 
 
 def make_data(completions, uids, scores, entropies, *, with_entropy=True, with_responses=True) -> DataProto:

@@ -20,6 +20,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from helpers import METRIC_KEYS
 
 from gtpo_plugin import compute_gtpo_advantage, compute_gtpo_terms, gtpo_metrics, mean_completion_entropy
 
@@ -60,8 +61,6 @@ SETUP = [  # what these trainers need on their own (their launch scripts set the
     "data.train_batch_size=4",
     "trainer.logger=[console]",
 ]
-METRIC_KEYS = {"gtpo/protected_token_frac", "gtpo/amplified_token_frac", "gtpo/filtered_completion_frac",
-               "gtpo/mean_completion_entropy", "gtpo/initial_entropy"}
 
 
 def trainer_config(trainer: str, *overrides: str, gtpo: bool = True):

@@ -16,6 +16,7 @@ import uuid
 import numpy as np
 import pytest
 import torch
+from helpers import METRIC_KEYS
 
 from gtpo_plugin import compute_gtpo_advantage, compute_gtpo_terms, gtpo_metrics, mean_completion_entropy
 
@@ -60,8 +61,6 @@ SEPARATE_ASYNC = [
 ]
 TRAINERS = {"sync": (PPOTrainerSync, []), "colocate_async": (PPOTrainerColocateAsync,
             ["trainer.v1.trainer_mode=colocate_async"]), "separate_async": (PPOTrainerSeparateAsync, SEPARATE_ASYNC)}
-METRIC_KEYS = {"gtpo/protected_token_frac", "gtpo/amplified_token_frac", "gtpo/filtered_completion_frac",
-               "gtpo/mean_completion_entropy", "gtpo/initial_entropy"}
 
 
 def verl_config(*overrides: str, name: str = "ppo_trainer"):

@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 from batches import random_turn_batch, turns
+from helpers import METRIC_KEYS
 from naive_reference import naive_multiturn_gtpo_advantage
-from omegaconf import OmegaConf
 
 from gtpo_plugin import compute_gtpo_advantage, compute_gtpo_terms, gtpo_metrics, mean_completion_entropy
 
 verl = pytest.importorskip("verl")
 import transfer_queue as tq  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402
 from verl_adapter.test_verl_trainers import (  # noqa: E402  (helpers and the TransferQueue fixture)
-    METRIC_KEYS,
     TRAINERS,
     OldPolicyWorkers,
     Rollouts,

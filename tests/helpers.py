@@ -1,0 +1,16 @@
+"""What several test modules share: the names of the metrics GTPO logs.
+
+Stand-ins for verl's GPU workers and the TransferQueue fixture still live in
+``tests/verl_adapter/test_verl_trainers.py``, which the other verl_adapter tests import them from.
+"""
+
+from __future__ import annotations
+
+# The five per-step metrics that verl's logger shows for a GTPO run (gtpo_plugin.metrics.gtpo_metrics).
+METRIC_KEYS = frozenset({
+    "gtpo/protected_token_frac",
+    "gtpo/amplified_token_frac",
+    "gtpo/filtered_completion_frac",
+    "gtpo/mean_completion_entropy",
+    "gtpo/initial_entropy",
+})
