@@ -147,11 +147,12 @@ def test_grpo_arms_without_a_reward_still_move_their_weights_through_weight_deca
     # docs say its weights still move: the optimizer the config names decays them (verl's default 0.01).
     optim = config(dry_run, arm, "first")["actor_rollout_ref"]["actor"]["optim"]
     assert (optim["optimizer_impl"], optim["optimizer"], optim["weight_decay"]) == ("torch.optim", "AdamW", 0.01)
-    weight = torch.nn.Parameter(torch.ones(3))
+    weight = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))  # float64: a step of lr·wd = 1e-8 shows
     optimizer = torch.optim.AdamW([weight], lr=optim["lr"], weight_decay=optim["weight_decay"])
-    weight.grad = torch.zeros(3)  # what advantages of 0 give
+    weight.grad = torch.zeros_like(weight)  # what advantages of 0 give
     optimizer.step()
-    torch.testing.assert_close(weight.detach(), torch.full((3,), 1 - optim["lr"] * optim["weight_decay"]))
+    expected = torch.full_like(weight, 1 - optim["lr"] * optim["weight_decay"])
+    torch.testing.assert_close(weight.detach(), expected, rtol=0, atol=1e-15)
     assert bool((weight != 1).all())
 
 def test_verls_dataset_reads_the_smoke_data_with_the_printed_settings(dry_run):
