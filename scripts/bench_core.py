@@ -3,6 +3,7 @@
 Usage:
     python scripts/bench_core.py                       # 256 groups x 16 completions x 4,096 tokens
     python scripts/bench_core.py --groups 64 --length 1024 --repeats 5
+    python scripts/bench_core.py --device cuda         # the same batch on the GPU (timed after a synchronize)
 
 The batch looks like a real one: a shared format opening and closing in every completion (so
 conflicts exist), random lengths, binary rewards, a 151,936-token vocabulary. The "holed" rows use
@@ -62,12 +63,22 @@ def with_tool_turns(batch: dict, turns: int, max_length: int, seed: int) -> dict
     return dict(batch, response_mask=holed)
 
 
-def best_and_median(function: Callable[[], object], repeats: int) -> tuple[float, float]:
+def on_device(batch: dict, device: str) -> dict:
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+
+
+def best_and_median(function: Callable[[], object], repeats: int, device: str = "cpu") -> tuple[float, float]:
+    def synchronize() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     function()  # warm-up
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         function()
+        synchronize()
         times.append(time.perf_counter() - start)
     return min(times), statistics.median(times)
 
@@ -82,14 +93,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tool-turns", type=int, default=3, help="tool spans per completion in the holed rows")
     parser.add_argument("--tool-length", type=int, default=256, help="longest tool span, tokens")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the batch lives (cpu)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
 
     from verl.trainer.ppo import core_algos
 
     batch = make_batch(args.groups, args.group_size, args.length, args.vocab, args.seed)
+    holed = on_device(with_tool_turns(batch, args.tool_turns, args.tool_length, args.seed), args.device)
+    batch = on_device(batch, args.device)
     rewards, mask, index = batch["token_level_rewards"], batch["response_mask"], batch["index"]
-
-    holed = with_tool_turns(batch, args.tool_turns, args.tool_length, args.seed)
 
     def gtpo(mode: str, inputs: dict = batch) -> Callable[[], object]:
         return lambda: compute_gtpo_advantage(**inputs, initial_entropy=0.5, entropy_threshold=math.log(2),
@@ -109,13 +123,13 @@ def main() -> None:
         "gtpo any, holed": gtpo("any", holed),
     }
     print(f"batch: {args.groups} groups x {args.group_size} completions x {args.length} tokens "
-          f"= {rewards.numel():,} token slots, torch threads {torch.get_num_threads()}; holed: "
+          f"= {rewards.numel():,} token slots on {args.device}, torch threads {torch.get_num_threads()}; holed: "
           f"{args.tool_turns} tool spans of up to {args.tool_length} tokens per completion, "
           f"{1 - float(holed['response_mask'].sum()) / float(mask.sum()):.0%} of the model tokens masked")
     baseline = None
     print(f"{'estimator':32s} {'best s':>9s} {'median s':>9s} {'x verl grpo':>12s}")
     for name, function in candidates.items():
-        best, median = best_and_median(function, args.repeats)
+        best, median = best_and_median(function, args.repeats, args.device)
         baseline = baseline or best
         print(f"{name:32s} {best:9.3f} {median:9.3f} {best / baseline:12.2f}")
 

@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     model = commands.add_parser("model", help="build the tiny random-init Qwen2 model and its tokenizer")
     model.add_argument("output", type=Path, help="folder to save into (from_pretrained layout)")
     model.add_argument("--seed", type=int, default=0)
+    model.add_argument("--logit-scale", type=float, default=1.0,
+                       help="multiply every logit (a confident start; tiny_model.CONFIDENT_LOGIT_SCALE engages "
+                            "GTPO's entropy filter)")
     problems = commands.add_parser("problems", help="write synthetic addition problems as JSONL")
     problems.add_argument("output", type=Path)
     problems.add_argument("--count", type=int, required=True)
@@ -43,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "model":
         from gtpo_plugin.smoke.tiny_model import save_tiny_model
 
-        folder = save_tiny_model(args.output, seed=args.seed)
+        folder = save_tiny_model(args.output, seed=args.seed, logit_scale=args.logit_scale)
         logger.info("saved the tiny model and tokenizer to %s", folder)
         return 0
     if args.command == "problems":

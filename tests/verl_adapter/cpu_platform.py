@@ -138,16 +138,19 @@ def register_fsdp_engine_for_cpu() -> None:
         FSDPEngineWithLMHead)
 
 
-def start_single_process_group() -> None:
-    """torch.distributed with one rank on gloo, as a Ray worker of a one-GPU job has it (verl's own
-    initialisation would ask for ``cpu:gloo,cpu:gloo``, which torch refuses)."""
+def start_single_process_group(device: str = "cpu") -> None:
+    """torch.distributed with one rank, as a Ray worker of a one-GPU job has it: gloo on CPU (verl's own
+    initialisation would ask for ``cpu:gloo,cpu:gloo``, which torch refuses), verl's ``cpu:gloo,cuda:nccl``
+    on a GPU."""
     import torch.distributed as dist
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    dist.init_process_group("gloo" if device == "cpu" else "cpu:gloo,cuda:nccl", rank=0, world_size=1)
 
 
 def full_weights(worker: Any) -> dict[str, torch.Tensor]:

@@ -4,6 +4,11 @@ Run by ``test_verl_fsdp_actor_cpu.py`` in a fresh process (verl's platform and t
 process-wide)::
 
     VERL_PLATFORM=cpu python fsdp_actor_run.py --model DIR --run-dir DIR --steps 3 --save-step 2
+    VERL_PLATFORM=cpu python fsdp_actor_run.py --model DIR --run-dir DIR --steps 1 --remove-padding
+
+The first layout is padded (``use_remove_padding=false``, eager attention); ``--remove-padding`` is the
+recipes' (``use_remove_padding=true``: verl packs the batch into one row and cuts the entropy back out per
+token) with ``sdpa`` attention, as on a GPU without flash-attn.
 
 What is real: verl's ``ActorRolloutRefWorker`` (FSDP2 engine: log-probabilities, entropy, the update with the
 policy loss ``gtpo``, checkpoints), verl's TransferQueue, the agent loop's own ``_agent_loop_postprocess``
@@ -45,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="train until this global step")
     parser.add_argument("--save-step", type=int, default=2, help="save a checkpoint after this step")
     parser.add_argument("--resume-from", type=Path, help="a global_step_<N> folder to resume from")
+    parser.add_argument("--remove-padding", action="store_true",
+                        help="use_remove_padding=true with sdpa attention (default: padded, eager)")
     return parser.parse_args(argv)
 
 
@@ -56,8 +63,9 @@ def verl_config(args: argparse.Namespace, checkpoints: Path):
         *GTPO, FP32,
         "algorithm.use_kl_in_reward=false", "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
         "actor_rollout_ref.actor.strategy=fsdp2",
-        f"actor_rollout_ref.model.path={args.model}", "actor_rollout_ref.model.use_remove_padding=false",
-        "+actor_rollout_ref.model.override_config.attn_implementation=eager",
+        f"actor_rollout_ref.model.path={args.model}",
+        f"actor_rollout_ref.model.use_remove_padding={str(args.remove_padding).lower()}",
+        f"+actor_rollout_ref.model.override_config.attn_implementation={'sdpa' if args.remove_padding else 'eager'}",
         f"actor_rollout_ref.rollout.n={COMPLETIONS_PER_PROMPT}", f"actor_rollout_ref.rollout.temperature={TEMPERATURE}",
         "actor_rollout_ref.rollout.calculate_log_probs=false",
         f"data.train_batch_size={PROMPTS_PER_STEP}", f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS_PER_STEP}",
@@ -144,9 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("run with VERL_PLATFORM=cpu: verl must take the CPU stand-in platform")
     sys.path.insert(0, str(Path(__file__).parent))
     import cpu_platform  # registers the platform before verl reads it
+    from torch_unpadding import use_torch_unpadding_where_verl_needs_flash_attn
 
     cpu_platform.register_fsdp_engine_for_cpu()
     cpu_platform.start_single_process_group()
+    use_torch_unpadding_where_verl_needs_flash_attn()
 
     import ray
     import torch

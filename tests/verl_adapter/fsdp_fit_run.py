@@ -3,20 +3,26 @@
 Run by ``test_verl_fit_cpu.py`` in a fresh process, once per smoke-recipe run::
 
     VERL_PLATFORM=cpu python fsdp_fit_run.py SMOKE_DIR/configs/gtpo_first.yaml
+    python fsdp_fit_run.py --device cuda SMOKE_DIR/configs/gtpo_first.yaml     # scripts/gpu_check.sh, on a GPU
 
 The config is one that ``DRY_RUN=1 bash recipes/run_smoke_1gpu.sh`` printed (model, parquet data, rewards,
-checkpoint and resume settings, the metrics file); only the settings a CPU cannot take are changed (FSDP2,
-eager attention, no remove-padding). What runs is verl's: ``fit()`` and everything it calls (the dataset and
+checkpoint and resume settings, the metrics file); only the settings a CPU cannot take are changed (FSDP2;
+``sdpa`` attention instead of flash-attn's, as on a GPU without flash-attn). The recipes' packed layout
+(``use_remove_padding=true``) stays. What runs is verl's: ``fit()`` and everything it calls (the dataset and
 dataloader, the replay buffer, TransferQueue, ``AgentLoopManagerTQ`` and its agent-loop workers as Ray actors,
 the single-turn agent loop, the LLM client and its load balancer, the reward loop workers with the recipe's
 reward function, the FSDP actor and reference workers, checkpoints, the file logger, the plugin's hooks).
 What stands in:
 - the GPU: ``cpu_platform`` (the FSDP workers run in this process, world size 1, behind a one-rank stand-in
-  for their Ray worker group);
+  for their Ray worker group); on verl 0.9.0, flash-attn's un-padding by the same arithmetic in torch
+  (``torch_unpadding``);
 - vLLM: ``HFRolloutServer``, a Ray actor answering the LLM client's ``generate`` with ``transformers``'
   ``generate`` (temperature, top-p, top-k, stop at end-of-sequence, the response budget as vLLM computes it);
 - the weight transfer from the actor to vLLM (``CheckpointEngineManager``): ``WeightSync`` copies the actor's
   full weights into that server at the same moments (after loading a checkpoint and after every step).
+With ``--device cuda`` the platform is verl's own CUDA one and only ``attn_implementation=sdpa`` is set
+(no flash-attn there): FSDP as the recipe sets it, bf16 autocast, the packed layout; the rollout server
+generates on the GPU; the other stand-ins are the same.
 """
 
 from __future__ import annotations
@@ -28,12 +34,11 @@ from typing import Any
 
 import ray
 
-# settings a CPU cannot take: FSDP1's sync_module_states needs a GPU; flash-attention and its un-padding too
-CPU_OVERRIDES = {
-    "actor_rollout_ref.actor.strategy": "fsdp2",
-    "actor_rollout_ref.ref.strategy": "fsdp2",
-    "actor_rollout_ref.model.use_remove_padding": False,
-    "actor_rollout_ref.model.override_config.attn_implementation": "eager",
+# settings a CPU cannot take: FSDP1's sync_module_states needs a GPU; flash-attention too (nor has the GPU check)
+SDPA = {"actor_rollout_ref.model.override_config.attn_implementation": "sdpa"}
+OVERRIDES = {
+    "cpu": {"actor_rollout_ref.actor.strategy": "fsdp2", "actor_rollout_ref.ref.strategy": "fsdp2", **SDPA},
+    "cuda": SDPA,
 }
 # Ray's logical CPUs: TransferQueue's 8 storage units, agent-loop and reward workers each reserve one
 RAY_LOGICAL_CPUS = 16
@@ -43,12 +48,13 @@ RAY_LOGICAL_CPUS = 16
 class HFRolloutServer:
     """Stands in for one vLLM replica: ``generate`` with vLLM's signature and ``TokenOutput``."""
 
-    def __init__(self, model_path: str, prompt_length: int, response_length: int, seed: int):
+    def __init__(self, model_path: str, prompt_length: int, response_length: int, seed: int, device: str = "cpu"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        self.device = device
         self.model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="eager",
-                                                          dtype=torch.float32).eval()
+                                                          dtype=torch.float32).eval().to(device)
         self.eos_token_id = AutoTokenizer.from_pretrained(model_path).eos_token_id
         self.prompt_length, self.response_length = prompt_length, response_length
         torch.manual_seed(seed)  # transformers' sampling draws from torch's global generator
@@ -71,7 +77,7 @@ class HFRolloutServer:
         sampling = dict(do_sample=True, temperature=temperature, top_p=float(params.get("top_p", 1.0)),
                         top_k=top_k if top_k > 0 else None) if temperature > 0 else dict(do_sample=False)
         with torch.no_grad():
-            output = self.model.generate(torch.tensor([prompt_ids]), max_new_tokens=max_tokens,
+            output = self.model.generate(torch.tensor([prompt_ids], device=self.device), max_new_tokens=max_tokens,
                                          eos_token_id=self.eos_token_id, pad_token_id=self.eos_token_id,
                                          return_dict_in_generate=True, output_logits=True, **sampling)
         response = output.sequences[0, len(prompt_ids):].tolist()
@@ -110,28 +116,41 @@ def load_balancer(servers: dict[str, Any]) -> Any:
     return get_router_handle(servers=servers)
 
 
-def load_config(path: Path):
+def load_config(path: Path, device: str = "cpu"):
     from omegaconf import OmegaConf, open_dict
 
     config = OmegaConf.load(path)
     with open_dict(config):
-        for key, value in CPU_OVERRIDES.items():
+        for key, value in OVERRIDES[device].items():
             OmegaConf.update(config, key, value, force_add=True)
         config.transfer_queue.enable = True  # as verl's TaskRunnerV1.run sets it
     return config
 
 
+def parse_args(argv: list[str] | None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", type=Path, help="a config that DRY_RUN=1 bash recipes/run_smoke_1gpu.sh printed")
+    parser.add_argument("--device", choices=sorted(OVERRIDES), default="cpu")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: VERL_PLATFORM=cpu python fsdp_fit_run.py CONFIG.yaml")
-    if os.environ.get("VERL_PLATFORM") != "cpu":
-        raise SystemExit("run with VERL_PLATFORM=cpu: verl must take the CPU stand-in platform")
+    args = parse_args(argv)
+    if (os.environ.get("VERL_PLATFORM") == "cpu") != (args.device == "cpu"):
+        raise SystemExit("run with VERL_PLATFORM=cpu exactly when --device is cpu: verl must take the CPU stand-in "
+                         "platform on CPU and its own on a GPU")
     sys.path.insert(0, str(Path(__file__).parent))
     import cpu_platform
+    from torch_unpadding import use_torch_unpadding_where_verl_needs_flash_attn
 
-    cpu_platform.register_fsdp_engine_for_cpu()
-    cpu_platform.start_single_process_group()
+    if args.device == "cpu":
+        cpu_platform.register_fsdp_engine_for_cpu()
+    else:  # verl's rollout server actors get no GPU of their own from Ray: keep the GPU visible to them
+        os.environ["RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"] = "1"
+    cpu_platform.start_single_process_group(args.device)
+    use_torch_unpadding_where_verl_needs_flash_attn()
 
     import transfer_queue as tq
     from verl.experimental.reward_loop import RewardLoopManager
@@ -139,12 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     from verl.workers.engine_workers import ActorRolloutRefWorker
     from verl.workers.rollout.llm_server import LLMServerClient
 
-    config = load_config(Path(argv[0]))
+    config = load_config(args.config, args.device)
     os.environ.update({key: str(value) for key, value in config.ray_kwargs.ray_init.runtime_env.env_vars.items()})
     Path(os.environ["VERL_FILE_LOGGER_PATH"]).parent.mkdir(parents=True, exist_ok=True)  # as the recipe does
     # Ray's workers (agent loop, reward loop, rollout server) detect verl's platform as usual
     ray.init(num_cpus=RAY_LOGICAL_CPUS, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"VERL_PLATFORM": "", "PYTHONPATH": os.pathsep.join(sys.path)}})
+             runtime_env={"env_vars": {"VERL_PLATFORM": "", "PYTHONPATH": os.pathsep.join(sys.path),
+                                       "RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES": "1"}})
     tq.init(config.transfer_queue)
     try:
         trainer = get_trainer_cls(config.trainer.v1.trainer_mode)(config=config)
@@ -165,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer.teacher_model_manager, trainer.distillation_config = None, None
         rollout = config.actor_rollout_ref.rollout
         server = HFRolloutServer.remote(config.actor_rollout_ref.model.path, rollout.prompt_length,
-                                        rollout.response_length, seed=config.data.get("seed") or 0)
+                                        rollout.response_length, seed=config.data.get("seed") or 0,
+                                        device=args.device)
         trainer.checkpoint_manager = WeightSync(actor, server)
         trainer._load_checkpoint()
         trainer.on_init_end()
