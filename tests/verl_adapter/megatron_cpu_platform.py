@@ -8,12 +8,15 @@ On top of ``cpu_platform`` (verl's platform ``cpu``, gloo), this module changes 
 - verl's ``McoreEngineConfig`` accepts bf16 and fp16 only: fp32, the dtype of the exact comparisons, passes;
 - verl's padded (bshd) path hands megatron-core a (b, s) padding mask that Transformer Engine reads;
   megatron-core's own attention wants the (b, 1, s, s) mask of positions it must not see;
-- megatron-core 0.16.1 calls ``torch.cuda`` directly in a few places: each gets the CPU equivalent.
+- megatron-core 0.16.1 and mbridge call ``torch.cuda``, create tensors on ``"cuda"``, move modules and
+  tensors with ``.cuda()`` and compare ``Tensor.type()`` with CUDA type names: each gets the CPU equivalent;
+- verl takes a model on the CPU for an offloaded one: here the CPU is the device.
 
-Every stand-in is a :class:`StandIn`, named by the function it replaces, and checks when installed that
-its target still is what it was written for (megatron-core 0.16.1, mbridge 0.15.1): the attribute exists and
-its source still holds the call the stand-in answers. A moved target fails loudly, naming the stand-in.
-Each records in :data:`HITS` that it was reached, so the tests can keep the list down to what is used.
+Every stand-in is a :class:`StandIn` (one function, replaced) or a :class:`ModuleCudaStandIn` (one module's
+``torch.cuda`` and ``device="cuda"``), named, with the reason, in :data:`STAND_INS`. Installing checks that
+the installed releases are the ones the stand-ins are written for (megatron-core 0.16.1, mbridge 0.15.1) and
+that each target still holds the call it answers; a moved target fails loudly, naming the stand-in. Each
+records in :data:`HITS` that it was reached, so the tests keep the list down to what is used.
 """
 
 from __future__ import annotations
@@ -110,7 +113,10 @@ FACTORIES = frozenset({"tensor", "zeros", "ones", "empty", "full", "arange"})
 
 
 def _is_cuda(device: Any) -> bool:
-    return device is not None and torch.device(device).type == "cuda" if not isinstance(device, int) else True
+    """``"cuda"``, ``"cuda:0"``, a CUDA ``torch.device`` or a bare device index (what CUDA calls return)."""
+    if device is None:
+        return False
+    return isinstance(device, int) or torch.device(device).type == "cuda"
 
 
 class TorchWithCudaOnCpu(types.ModuleType):

@@ -5,6 +5,7 @@
 a tied pair across stages), one torchrun per layout: ``tp1`` one process, ``tp2`` and ``pp2`` two gloo
 processes; ``bf16-tp2`` the GPU default (bf16, distributed optimizer) at TP=2. Each run is three steps, a
 Megatron checkpoint after step 2 and step 3 again from it; 1 to 2 minutes of wall time on two shared cores.
+``megatron_stages_run.py`` runs one step of verl's v1 trainer stages (TransferQueue) on the Megatron actor.
 
 The references are independent: ``transformers`` on the same weights, one sequence at a time, the naive
 GTPO advantage of ``tests/naive_reference.py``, and the naive loss with autograd and torch's Adam.
@@ -31,6 +32,7 @@ from verl_adapter.megatron_actor_run import CLIP_GRAD, LEARNING_RATE, SAVE_STEP,
 from gtpo_plugin.verl_adapter.settings import gtpo_config  # noqa: E402
 
 RUNNER = Path(__file__).with_name("megatron_actor_run.py")
+STAGES_RUNNER = Path(__file__).with_name("megatron_stages_run.py")
 RUN_TIMEOUT_S = 900
 # name: (processes, TP, PP, dtype)
 LAYOUTS = {"tp1": (1, 1, 1, "float32"), "tp2": (2, 2, 1, "float32"), "pp2": (2, 1, 2, "float32"),
@@ -93,8 +95,20 @@ def response_log_softmax(model, prompt: torch.Tensor, response: torch.Tensor) ->
     return torch.log_softmax(logits.double() / TEMPERATURE, dim=-1)
 
 
+REFERENCE_CACHE: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+
 def reference_statistics(model, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per completion, the entropy and the log-probability of each response token."""
+    """Per completion, the entropy and the log-probability of each response token (computed once per model
+    dtype and batch: the layouts train on the same completions)."""
+    key = (next(model.parameters()).dtype, batch["input_ids"].numpy().tobytes(),
+           batch["attention_mask"].numpy().tobytes())
+    if key not in REFERENCE_CACHE:
+        REFERENCE_CACHE[key] = _reference_statistics(model, batch)
+    return REFERENCE_CACHE[key]
+
+
+def _reference_statistics(model, batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     entropies, log_probs = [], []
     with torch.no_grad():
         for prompt, response, _ in sequences(batch):
@@ -214,3 +228,51 @@ def test_every_stand_in_is_reached(runs):
             installed |= set(report["stand_ins"])
             reached |= {hit.split(": ")[0] for hit in report["hits"]}
     assert installed and installed == reached, f"never reached: {sorted(installed - reached)}"
+
+
+@pytest.fixture(scope="module")
+def stages_run(tmp_path_factory, tiny_model_dir) -> dict:
+    run_dir = tmp_path_factory.mktemp("megatron_stages_cpu")
+    command = [sys.executable, str(STAGES_RUNNER), "--model", str(tiny_model_dir), "--run-dir", str(run_dir)]
+    env = {**os.environ, "VERL_PLATFORM": "cpu", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 0, f"stages run failed:\n{result.stdout[-3000:]}\n{result.stderr[-8000:]}"
+    return torch.load(run_dir / "step_1.pt", weights_only=False)
+
+
+def test_the_v1_trainer_stages_run_gtpo_on_the_megatron_actor(stages_run, runs):
+    # old-log-prob through TransferQueue, GTPO's advantage stage reading the entropy the Megatron engine wrote
+    # there, the update: the same completions as the tp1 run's first step, so the same numbers as that run's
+    # (checked above against transformers and the naive references)
+    queued, metrics = stages_run["batch"], stages_run["metrics"]
+    direct = record(runs("tp1"), "step_1")
+    lengths = queued["response_length"].tolist()
+    for i, (_, response, _) in enumerate(sequences(direct["batch"])):
+        assert queued["responses"][i, : lengths[i]].tolist() == response.tolist()
+        for name in ("entropy", "old_log_probs", "advantages"):
+            torch.testing.assert_close(queued[name][i, : lengths[i]], direct["batch"][name][i, : lengths[i]],
+                                       rtol=0, atol=1e-6, msg=name)
+    assert metrics["actor/pg_loss"] == pytest.approx(direct["metrics"]["actor/pg_loss"][0], rel=1e-6)
+    assert metrics["actor/grad_norm"] == pytest.approx(direct["metrics"]["grad_norm"][0], rel=1e-6)
+    for key, value in direct["gtpo_metrics"].items():
+        assert metrics[key] == pytest.approx(value, rel=1e-6), key
+    assert metrics["gtpo/mean_completion_entropy"] == pytest.approx(metrics["actor/entropy"], rel=1e-5)
+
+
+def test_a_stand_in_whose_target_moved_fails_naming_itself():
+    # the check every stand-in runs at install: a target without the call it answers is refused, by name
+    script = """
+import megatron_cpu_platform as platform
+stand_in = platform.StandIn("probe", "megatron.core.tensor_parallel.random", "_set_cuda_rng_state",
+                            "a call that is not there", "why", lambda original: original)
+try:
+    stand_in.install()
+except platform.StandInTargetMoved as error:
+    print(error)
+"""
+    env = {**os.environ, "VERL_PLATFORM": "cpu",
+           "PYTHONPATH": os.pathsep.join([str(RUNNER.parent), *sys.path])}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "stand-in 'probe': megatron.core.tensor_parallel.random._set_cuda_rng_state no longer contains" \
+        in result.stdout
