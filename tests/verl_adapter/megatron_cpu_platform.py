@@ -48,7 +48,9 @@ class StandIn:
     """Replace ``module.attribute`` (an attribute path such as ``Class.method``) by ``make(original)``.
 
     ``expect`` is a piece of the original's source that makes the stand-in necessary (a CUDA call,
-    a check); when it is gone the stand-in fails instead of silently replacing something else.
+    a check); when it is gone the stand-in fails instead of silently replacing something else. ``unless``,
+    when the original's source holds it, means the installed release no longer needs the stand-in (verl 0.9.1
+    where 0.9.0 did): it is then left out.
     """
 
     name: str
@@ -57,8 +59,10 @@ class StandIn:
     expect: str
     why: str
     make: Callable[[Any], Any]
+    unless: str = ""
 
-    def install(self) -> None:
+    def install(self) -> bool:
+        """Install; False when the installed release does not need it (``unless``)."""
         owner: Any = import_module(self.module)
         *parents, leaf = self.attribute.split(".")
         for part in parents:
@@ -70,6 +74,8 @@ class StandIn:
         if self.expect not in source:
             raise StandInTargetMoved(f"stand-in {self.name!r}: {self.module}.{self.attribute} no longer contains "
                                      f"{self.expect!r}; check whether the stand-in is still needed")
+        if self.unless and self.unless in source:
+            return False
         replacement = self.make(original)
 
         def counted(*args: Any, **kwargs: Any) -> Any:
@@ -79,6 +85,7 @@ class StandIn:
         counted.__wrapped__ = replacement  # type: ignore[attr-defined]
         setattr(owner, leaf, staticmethod(counted) if isinstance(inspect.getattr_static(owner, leaf),
                                                                   staticmethod) else counted)
+        return True
 
 
 class CudaOnCpu(types.ModuleType):
@@ -150,7 +157,7 @@ class ModuleCudaStandIn:
     module: str
     why: str
 
-    def install(self) -> None:
+    def install(self) -> bool:
         module = import_module(self.module)
         source = inspect.getsource(module)
         if getattr(module, "torch", None) is not torch or not ("torch.cuda." in source or "'cuda'" in source
@@ -158,6 +165,7 @@ class ModuleCudaStandIn:
             raise StandInTargetMoved(f"stand-in {self.name!r}: {self.module} no longer calls torch.cuda through "
                                      "its module-level torch; check whether the stand-in is still needed")
         module.torch = TorchWithCudaOnCpu(self.name)  # type: ignore[attr-defined]
+        return True
 
 
 def check_versions() -> None:
@@ -209,6 +217,20 @@ def _resident_on_cpu(original: Callable[..., str]) -> Callable[..., str]:
         device = original(models)
         return "cpu, resident" if device == "cpu" else device
     return device_of
+
+
+def _torch_padding_helpers(original: Callable[..., Any]) -> Callable[..., Any]:
+    """verl 0.9.0 takes its unpad/pad helpers from flash-attn (GPU only) unless on an NPU; its own pure-torch
+    port of them (``verl.utils.npu_flash_attn_utils``, the NPU's) serves the CPU too."""
+    def _get_attention_functions() -> Any:
+        from verl.utils import attention_utils
+        from verl.utils import npu_flash_attn_utils as helpers
+
+        functions = (helpers.index_first_axis, helpers.pad_input, helpers.rearrange, helpers.unpad_input)
+        (attention_utils._index_first_axis, attention_utils._pad_input, attention_utils._rearrange,
+         attention_utils._unpad_input) = functions
+        return functions
+    return _get_attention_functions
 
 
 # --- mbridge ---------------------------------------------------------------------------------------------------
@@ -311,6 +333,9 @@ STAND_INS: list[StandIn | ModuleCudaStandIn] = [
     StandIn("model is resident", "verl.workers.engine.megatron.transformer_impl", "get_megatron_module_device",
             "return next(module.parameters()).device.type", "a model on the CPU is not offloaded here",
             _resident_on_cpu),
+    StandIn("padding helpers without flash-attn", "verl.utils.attention_utils", "_get_attention_functions",
+            "from flash_attn.bert_padding import", "verl 0.9.0 unpads batches with flash-attn's helpers",
+            _torch_padding_helpers, unless="except ImportError"),
     StandIn("fp32 engine config", "verl.workers.config.engine", "McoreEngineConfig.__post_init__",
             'self.dtype in ["bfloat16", "float16"]', "verl refuses fp32, the dtype of the exact comparisons",
             _fp32_engine_config),
@@ -328,10 +353,8 @@ def install(hits_file: str | os.PathLike[str] | None = None) -> None:
     check_versions()
     _register_engine_for_cpu()
     _qwen2_local_norm_names()
-    for stand_in in STAND_INS:
-        stand_in.install()
+    names = [stand_in.name for stand_in in STAND_INS if stand_in.install()]
     if hits_file is not None:
         import atexit
 
-        names = [stand_in.name for stand_in in STAND_INS]
         atexit.register(lambda: Path(hits_file).write_text(json.dumps({"stand_ins": names, "hits": dict(HITS)})))
