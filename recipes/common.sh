@@ -58,6 +58,10 @@ OFFLOAD=${OFFLOAD:-false}
 ACTOR_TP=${ACTOR_TP:-2}   # Megatron tensor parallel size (the reference model, when loaded, follows the actor)
 ACTOR_PP=${ACTOR_PP:-1}   # Megatron pipeline parallel size
 SP_SIZE=${SP_SIZE:-1}     # FSDP Ulysses sequence parallel size
+# The bridge verl's Megatron engine builds its model with: true selects mbridge, which the package's megatron
+# extra installs; false selects verl's default, Megatron-Bridge (verl pins megatron-bridge==0.5.2), on a cluster
+# whose image has it.
+VANILLA_MBRIDGE=${VANILLA_MBRIDGE:-true}
 
 # Seed of the data order (verl's data.seed: unset there, the order differs from run to run) and of vLLM's
 # sampling. The arms of an A/B with the same SEED see the same prompts in the same order; repeat with SEED=1, 2, ...
@@ -117,6 +121,7 @@ case $ENGINE in
             model_engine=megatron
             actor_rollout_ref.actor.megatron.tensor_model_parallel_size="$ACTOR_TP"
             actor_rollout_ref.actor.megatron.pipeline_model_parallel_size="$ACTOR_PP"
+            actor_rollout_ref.actor.megatron.vanilla_mbridge="$VANILLA_MBRIDGE"
             actor_rollout_ref.actor.megatron.param_offload="$OFFLOAD"
             actor_rollout_ref.actor.megatron.optimizer_offload="$OFFLOAD"
             actor_rollout_ref.ref.megatron.param_offload=true

@@ -276,6 +276,10 @@ def test_engines(runs):
         assert megatron["actor_rollout_ref"]["ref"]["strategy"] == "megatron"
         parallel = megatron["actor_rollout_ref"]["actor"]["megatron"]
         assert (parallel["tensor_model_parallel_size"], parallel["pipeline_model_parallel_size"]) == (2, 1)
+        # the bridge the megatron extra installs (mbridge), for the actor and the reference model alike
+        for role in ("actor", "ref"):
+            bridge = megatron["actor_rollout_ref"][role]["megatron"]
+            assert bridge["use_mbridge"] is True and bridge["vanilla_mbridge"] is True, role
 
 
 def test_megatron_recipes_select_the_engine_as_verls_megatron_config_does():
