@@ -209,7 +209,8 @@ def study_summary(study: dict[str, Any], noise_band: str) -> str:
     options = study["options"]
     first = study["first_step_conflict_token_share"]
     lines = [
-        f"preset {study['preset']}; regime {options.get('regime', 'default')}; {len(seeds)} seed(s) {seeds}; arms {', '.join(study['arms'])}; "
+        f"preset {study['preset']}; regime {options.get('regime', 'default')}; {len(seeds)} seed(s) {seeds}; "
+        f"arms {', '.join(study['arms'])}; "
         f"{options['steps']} RL steps x {options['prompts_per_step']} prompts x "
         f"{options['group_size'] or 8} completions per arm",
         f"values: mean [{study['ci_method']}]",

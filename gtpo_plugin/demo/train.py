@@ -23,9 +23,9 @@ from verl.workers.config import FSDPActorConfig, OptimizerConfig, PolicyLossConf
 
 from gtpo_plugin import compute_gtpo_terms, conflict_weights, gtpo_metrics, mean_completion_entropy
 from gtpo_plugin.demo.arms import Algorithm
+from gtpo_plugin.demo.mechanisms import MECHANISM_KEYS, mechanism_metrics
 from gtpo_plugin.demo.model import response_log_probs
 from gtpo_plugin.demo.rollout import Rollout, response_checksum, rollout
-from gtpo_plugin.demo.mechanisms import MECHANISM_KEYS, mechanism_metrics
 from gtpo_plugin.demo.task import FORMAT_TAG_TOKENS, MAX_OPERANDS, MIN_OPERANDS, sample_problems
 from gtpo_plugin.demo.vocab import Vocab
 
