@@ -16,9 +16,9 @@ the regime's values. Sizes were measured on the shared warm-up (seed 0); see doc
 - ``long``: the default task for 200 RL steps; run it at ``--lr`` 3e-4 (the default) and at rates
   between that and 3e-3 (where both arms collapsed within 3 steps, docs/stress).
 
-The three non-default regimes train 200 RL steps of 4 prompts × 8 completions (half the default's
-prompts per step, to fit 8 seeds × 3 arms into about half an hour of two CPU cores; the authors train
-one prompt per step).
+The three non-default regimes train 200 RL steps of 2 prompts × 8 completions (a quarter of the
+default's prompts per step, one group per mini-batch, so that 8 seeds × 3 arms fit a shared 2-core
+machine; the authors train one prompt per step).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 __all__ = ["REGIMES", "Regime"]
 
-LONG_RUN = {"steps": 200, "prompts_per_step": 4}
+LONG_RUN = {"steps": 200, "prompts_per_step": 2}
 
 
 @dataclass(frozen=True)
