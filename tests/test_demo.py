@@ -20,6 +20,7 @@ from gtpo_plugin import compute_gtpo_advantage, conflict_weights, mean_completio
 from gtpo_plugin.demo import main
 from gtpo_plugin.demo.arms import ALGORITHMS
 from gtpo_plugin.demo.cli import OUTPUT_FILES
+from gtpo_plugin.demo.mechanisms import MECHANISM_KEYS
 from gtpo_plugin.demo.model import build_model, next_token_logits, response_log_probs
 from gtpo_plugin.demo.options import DemoOptions
 from gtpo_plugin.demo.presets import PRESETS
@@ -294,7 +295,7 @@ def test_null_study_paired_ci_contains_zero(tmp_path):
                           warmup_steps=30, eval_problems=16)
     study, _ = run_study(options, seeds=[0, 1], jobs=1)
     assert study["null_identity"]["per_seed"]["0"]["steps"] == 3
-    for key, _ in FINAL_METRICS:
+    for key in study["metrics"]:
         interval = study["paired_vs_grpo"]["null"][key]
         assert interval["ci_low"] <= 0.0 <= interval["ci_high"], key
 
@@ -315,7 +316,7 @@ def test_study_writes_study_json_with_cis_and_paired_differences(short_study: Pa
     study = json.loads((short_study / OUTPUT_FILES["study"]).read_text(encoding="utf-8"))
     assert study["seeds"] == [0, 1] and study["arms"] == ["gtpo", "grpo"] and study["preset"] == "paper"
     assert "Student t" in study["ci_method"]
-    for key, _ in FINAL_METRICS:
+    for key in study["metrics"]:
         values = [study["per_seed"]["gtpo"][seed][key] for seed in ("0", "1")]
         interval = study["summary"]["gtpo"][key]
         assert interval["mean"] == pytest.approx(np.mean(values))
@@ -330,7 +331,8 @@ def test_study_writes_study_json_with_cis_and_paired_differences(short_study: Pa
         first = [runs[arm]["history"][0] for arm in ("gtpo", "grpo")]
         assert first[0]["demo/response_checksum"] == first[1]["demo/response_checksum"]
         for record in runs["gtpo"]["history"]:
-            assert all(math.isfinite(value) for value in record.values())
+            # a mechanism metric is NaN in a step whose token set is empty (gtpo_plugin.demo.mechanisms)
+            assert all(math.isfinite(value) for key, value in record.items() if key not in MECHANISM_KEYS)
             assert 0 <= record["accuracy/sampled"] <= record["format/accuracy"] <= 1
         # GTPO never pushed a protected token down.
         assert all(record["demo/protected_grad_abs"] == 0.0 for record in runs["gtpo"]["history"])
