@@ -316,6 +316,9 @@ def test_study_writes_study_json_with_cis_and_paired_differences(short_study: Pa
     study = json.loads((short_study / OUTPUT_FILES["study"]).read_text(encoding="utf-8"))
     assert study["seeds"] == [0, 1] and study["arms"] == ["gtpo", "grpo"] and study["preset"] == "paper"
     assert "Student t" in study["ci_method"]
+    # every metric but the mechanism ones (undefined when a tiny run has no such token) is summarised
+    always = {key for key, _ in FINAL_METRICS if not key.startswith(("conflict_logprob", "format_tag"))}
+    assert always <= set(study["metrics"])
     for key in study["metrics"]:
         values = [study["per_seed"]["gtpo"][seed][key] for seed in ("0", "1")]
         interval = study["summary"]["gtpo"][key]
