@@ -288,16 +288,22 @@ def test_null_arm_and_grpo_train_identically_without_dual_clip(warmed_model, pre
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)  # Adam amplifies rounding a little
 
 
-def test_null_study_paired_ci_contains_zero(tmp_path):
-    # The null test of the harness at a small size, through the study code and verl's default dual-clip:
-    # GTPO with every part off against GRPO on 2 seeds; every paired difference's 95% CI contains 0.
-    options = DemoOptions(algorithms=("grpo", "null"), cache=str(tmp_path), steps=3, prompts_per_step=2,
+def test_null_study_is_exactly_grpo_and_the_harness_sees_a_real_difference(tmp_path):
+    # The null test of the harness through the study code and verl's default dual-clip, able to fail:
+    # GTPO with every part off samples the same batches as GRPO on every seed (same warm-up, same RL
+    # seed per pair), so every paired difference and its interval is exactly 0. A harness that paired
+    # different seeds or warm-ups, or a null arm that were not GRPO's update, breaks this. GTPO itself,
+    # in the same study, must part from GRPO: a harness that compared an arm with itself would not.
+    options = DemoOptions(algorithms=("grpo", "null", "gtpo"), cache=str(tmp_path), steps=3, prompts_per_step=2,
                           warmup_steps=30, eval_problems=16)
-    study, _ = run_study(options, seeds=[0, 1], jobs=1)
-    assert study["null_identity"]["per_seed"]["0"]["steps"] == 3
+    study, _ = run_study(options, seeds=[0, 1, 2], jobs=1)
+    assert study["null_identity"]["seeds_identical_throughout"] == 3
     for key in study["metrics"]:
-        interval = study["paired_vs_grpo"]["null"][key]
-        assert interval["ci_low"] <= 0.0 <= interval["ci_high"], key
+        null = study["paired_vs_grpo"]["null"][key]
+        assert (null["mean"], null["ci_low"], null["ci_high"]) == (0.0, 0.0, 0.0), key
+    widths = [study["paired_vs_grpo"]["gtpo"][key]["ci_high"] - study["paired_vs_grpo"]["gtpo"][key]["ci_low"]
+              for key in ("sampled_reward", "entropy", "response_length")]
+    assert all(width > 0 for width in widths), widths
 
 
 @pytest.fixture(scope="module")
