@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gtpo_plugin.stats import Interval, mean_band, mean_ci, paired_difference
+from gtpo_plugin.stats import Interval, detectable_difference, mean_band, mean_ci, paired_difference, paired_t_power
 
 
 def test_mean_ci_hand_computed():
@@ -91,3 +91,36 @@ def test_bad_inputs_are_named():
 def test_interval_to_dict():
     interval = Interval(mean=1.0, ci_low=0.0, ci_high=2.0, n=3, method="student_t")
     assert interval.to_dict() == {"mean": 1.0, "ci_low": 0.0, "ci_high": 2.0, "n": 3, "method": "student_t"}
+
+
+def test_detectable_difference_matches_the_power_table():
+    # One-sample/paired t test, two-sided alpha 0.05, power 0.8: standardised effect d = 0.8466 at
+    # n = 13 (power tables for the t test of a mean); n = 8 is checked by simulation below.
+    assert detectable_difference(1.0, 13) == pytest.approx(0.8466, abs=1e-3)
+    # linear in sd; more seeds resolve smaller differences; more than the normal approximation's
+    assert detectable_difference(0.04, 8) == pytest.approx(0.04 * detectable_difference(1.0, 8))
+    normal = (1.959964 + 0.841621) / math.sqrt(8)
+    assert detectable_difference(1.0, 8) > normal
+    assert detectable_difference(0.0, 8) == 0.0 and detectable_difference(1.0, 1) == math.inf
+
+
+def test_power_at_the_detectable_difference_is_the_asked_power_by_simulation():
+    # Monte Carlo of the paired t test at the computed effect: rejects ~80% of the time.
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(1)
+    n, sd = 8, 0.05
+    effect = detectable_difference(sd, n)
+    differences = rng.normal(effect, sd, size=(20_000, n))
+    t = differences.mean(axis=1) / (differences.std(axis=1, ddof=1) / math.sqrt(n))
+    rejected = np.abs(t) > scipy_stats.t.ppf(0.975, df=n - 1)
+    assert rejected.mean() == pytest.approx(0.8, abs=0.015)
+    assert paired_t_power(effect, sd, n) == pytest.approx(0.8, abs=1e-9)
+    assert paired_t_power(0.0, sd, n) == pytest.approx(0.05, abs=1e-9)
+
+
+def test_detectable_difference_rejects_bad_input():
+    with pytest.raises(ValueError, match="power and alpha"):
+        detectable_difference(1.0, 8, power=1.0)
+    with pytest.raises(ValueError, match="sd must be finite"):
+        detectable_difference(-1.0, 8)

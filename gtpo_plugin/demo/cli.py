@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gtpo_plugin.demo.arms import ALGORITHMS
     from gtpo_plugin.demo.options import DemoOptions
     from gtpo_plugin.demo.presets import PRESETS
+    from gtpo_plugin.demo.regimes import REGIMES
 
     defaults = DemoOptions()
     parser = argparse.ArgumentParser(
@@ -81,15 +82,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "null = GTPO with every part off")
     parser.add_argument("--jobs", type=positive_int("--jobs"), default=None,
                         help="seeds run in parallel, one CPU thread each (min(seeds, CPU cores))")
-    parser.add_argument("--steps", type=positive_int("--steps"), default=defaults.steps,
-                        help=f"RL steps per arm ({defaults.steps})")
+    parser.add_argument("--regime", choices=sorted(REGIMES), default="default",
+                        help="a documented preset of the task and run sizes (gtpo_plugin/demo/regimes.py): "
+                        + "; ".join(f"{name}: {regime.about}" for name, regime in REGIMES.items())
+                        + ". Options given explicitly override it (default)")
+    parser.add_argument("--steps", type=positive_int("--steps"), default=None,
+                        help=f"RL steps per arm (the regime's; default regime {defaults.steps})")
     parser.add_argument("--group-size", type=positive_int("--group-size", 2), default=None,
                         help="completions sampled per prompt, G (the preset's: 8)")
-    parser.add_argument("--prompts", type=positive_int("--prompts", 2), default=defaults.prompts_per_step,
-                        help=f"prompts per RL step, split into 2 mini-batches ({defaults.prompts_per_step}; even)")
+    parser.add_argument("--prompts", type=positive_int("--prompts", 2), default=None,
+                        help="prompts per RL step, split into 2 mini-batches; even (the regime's; default "
+                        f"regime {defaults.prompts_per_step})")
     parser.add_argument("--lr", type=positive_float, default=None, help="RL learning rate, every arm (3e-4)")
-    parser.add_argument("--warmup-steps", type=positive_int("--warmup-steps", 0), default=defaults.warmup_steps,
-                        help=f"supervised warm-up steps before RL ({defaults.warmup_steps})")
+    parser.add_argument("--warmup-steps", type=positive_int("--warmup-steps", 0), default=None,
+                        help="supervised warm-up steps before RL (the regime's; default regime "
+                        f"{defaults.warmup_steps})")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder to keep warmed-up weights per seed in, shared between runs (none)")
     parser.add_argument("--out", type=Path, default=Path("gtpo_demo_out"), help="output folder (gtpo_demo_out)")
@@ -163,12 +170,15 @@ def write_outputs(study: dict[str, Any], results: list[dict[str, Any]], out: Pat
     })
     plot_study(paths["plot"], results, study["arms"],
                title=f"{' vs '.join(arm.upper() for arm in study['arms'])}, preset {study['preset']}, "
+               f"regime {study['options'].get('regime', 'default')}, "
                "through verl's compute_advantage and policy losses")
     view = next((result["group_view"] for result in results if result["group_view"]), None)
     paths["group_view"].write_text(
         view + "\n" if view else "No group of the first step had completions with different rewards.\n",
         encoding="utf-8")
-    paths["summary"].write_text(study_summary(study, NOISE_BAND) + "\n", encoding="utf-8")
+    # The noise band was measured on the default regime; other regimes report their own detectable differences.
+    band = NOISE_BAND if study["options"].get("regime", "default") == "default" else ""
+    paths["summary"].write_text(study_summary(study, band) + "\n", encoding="utf-8")
     return paths
 
 
@@ -176,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse options, run the study, write the outputs, print the summary. Returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.prompts % 2:
+    if args.prompts is not None and args.prompts % 2:
         parser.error(f"--prompts must be even (each step is split into 2 mini-batches of whole groups), "
                      f"got {args.prompts}")
     try:
@@ -197,13 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gtpo_plugin.demo.options import DemoOptions
     from gtpo_plugin.demo.study import run_study
 
-    options = DemoOptions(preset=args.preset, steps=args.steps, group_size=args.group_size,
-                          prompts_per_step=args.prompts, seed=args.seed, device=device, lr=args.lr,
-                          warmup_steps=args.warmup_steps, algorithms=args.arms,
-                          cache=str(args.cache) if args.cache else None)
+    options = DemoOptions.for_regime(args.regime, preset=args.preset, steps=args.steps, group_size=args.group_size,
+                                     prompts_per_step=args.prompts, seed=args.seed, device=device, lr=args.lr,
+                                     warmup_steps=args.warmup_steps, algorithms=args.arms,
+                                     cache=str(args.cache) if args.cache else None)
     seeds = list(range(args.seed, args.seed + args.seeds))
     settings = options.settings()
-    print(f"gtpo-demo: preset {options.preset}, seeds {seeds} ({jobs} at a time), "
+    print(f"gtpo-demo: preset {options.preset}, regime {options.regime}, seeds {seeds} ({jobs} at a time), "
           f"arms {', '.join(options.algorithms)}: "
           f"warm-up {options.warmup_steps} steps, then {options.steps} RL steps each "
           f"({options.prompts_per_step} prompts x {settings.group_size} completions) on {device}", file=sys.stderr)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 
 from gtpo_plugin.demo.rollout import sample
-from gtpo_plugin.demo.task import Problem, grade, sample_problems
+from gtpo_plugin.demo.task import MAX_OPERANDS, MIN_OPERANDS, Problem, grade, sample_problems
 from gtpo_plugin.demo.vocab import Vocab, pad_left
 
 EVALUATION_SEED = 20_250_803  # fixed: the evaluation set never depends on the training seed
 
 
-def evaluation_problems(count: int) -> list[Problem]:
-    """``count`` problems drawn from a fixed generator: the same list in every run."""
-    return sample_problems(count, torch.Generator().manual_seed(EVALUATION_SEED))
+def evaluation_problems(count: int, min_operands: int = MIN_OPERANDS,
+                        max_operands: int = MAX_OPERANDS) -> list[Problem]:
+    """``count`` problems of the training distribution drawn from a fixed generator: the same list in every run."""
+    return sample_problems(count, torch.Generator().manual_seed(EVALUATION_SEED), min_operands, max_operands)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ def build_model(vocab_size: int, seed: int, *, hidden_size: int = 128, layers: i
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=64,  # prompt <= 12 tokens + completion <= 40
+        max_position_embeddings=64,  # prompt + completion; DemoOptions checks they fit
         tie_word_embeddings=True,
         pad_token_id=0,
         bos_token_id=1,

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gtpo_plugin.demo.arms import ALGORITHMS
 from gtpo_plugin.demo.presets import PRESETS
+from gtpo_plugin.demo.regimes import REGIMES
+from gtpo_plugin.demo.task import MAX_OPERANDS, MIN_OPERANDS, check_operand_range
+
+MAX_POSITIONS = 64  # the demo model's max_position_embeddings (gtpo_plugin.demo.model)
 
 if TYPE_CHECKING:
     from gtpo_plugin.demo.train import RLSettings
@@ -22,6 +26,7 @@ class DemoOptions:
     """
 
     preset: str = "paper"
+    regime: str = "default"
     steps: int = 24
     group_size: int | None = None
     prompts_per_step: int = 8
@@ -36,15 +41,35 @@ class DemoOptions:
     warmup_noise: float = 0.1
     warmup_lr: float = 3e-3
     eval_problems: int = 256
+    min_operands: int = MIN_OPERANDS
+    max_operands: int = MAX_OPERANDS
     algorithms: tuple[str, ...] = ("gtpo", "grpo")
     cache: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.regime not in REGIMES:
+            raise ValueError(f"regime must be one of {sorted(REGIMES)}, got {self.regime!r}")
+        check_operand_range(self.min_operands, self.max_operands)
+        longest_prompt = 2 * self.max_operands + 1  # <bos>, digits, "+" between them, "="
+        if longest_prompt + self.max_new_tokens > MAX_POSITIONS:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} with up to {self.max_operands} operands needs "
+                             f"{longest_prompt + self.max_new_tokens} positions; the model has {MAX_POSITIONS}")
         unknown = [name for name in self.algorithms if name not in ALGORITHMS]
         if unknown or not self.algorithms:
             raise ValueError(f"algorithms must be names from {sorted(ALGORITHMS)}, got {list(self.algorithms)}")
+
+    @classmethod
+    def for_regime(cls, regime: str = "default", **explicit: Any) -> DemoOptions:
+        """Options of ``regime`` (:mod:`gtpo_plugin.demo.regimes`); ``explicit`` values override the regime's.
+
+        ``None`` in ``explicit`` means "not given" (the regime's value, else the default, stays).
+        """
+        if regime not in REGIMES:
+            raise ValueError(f"regime must be one of {sorted(REGIMES)}, got {regime!r}")
+        given = {key: value for key, value in explicit.items() if value is not None}
+        return cls(regime=regime, **{**REGIMES[regime].options, **given})
 
     def settings(self) -> RLSettings:
         """The RL hyper-parameters of every arm: the preset's, with this run's sizes."""
@@ -56,4 +81,5 @@ class DemoOptions:
             lr=self.lr if self.lr is not None else preset.lr, mini_batches=self.mini_batches,
             max_new_tokens=self.max_new_tokens, temperature=preset.temperature, reward=preset.reward,
             norm_adv_by_std=preset.norm_adv_by_std, max_grad_norm=preset.max_grad_norm, gtpo=dict(preset.gtpo),
+            min_operands=self.min_operands, max_operands=self.max_operands,
         )

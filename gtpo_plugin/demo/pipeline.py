@@ -93,7 +93,7 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
     start = time.perf_counter()
     vocab = build_vocab()
     base, losses = warmed_model(options, progress)
-    problems = evaluation_problems(options.eval_problems)
+    problems = evaluation_problems(options.eval_problems, options.min_operands, options.max_operands)
     eval_before = evaluate(base, vocab, problems, max_new_tokens=options.max_new_tokens)
     settings = options.settings()
     runs: dict[str, dict[str, Any]] = {}

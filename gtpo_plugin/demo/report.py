@@ -31,12 +31,17 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 def smooth(values: Sequence[float], window: int) -> np.ndarray:
-    """Trailing moving average (the first points average what exists so far)."""
+    """Trailing moving average (the first points average what exists so far); NaN values are skipped,
+    and a window holding none but NaN stays NaN."""
     array = np.asarray(values, dtype=float)
-    sums = np.cumsum(np.insert(array, 0, 0.0))
+    finite = np.isfinite(array)
+    sums = np.cumsum(np.insert(np.where(finite, array, 0.0), 0, 0.0))
+    counts = np.cumsum(np.insert(finite.astype(float), 0, 0.0))
     ends = np.arange(1, len(array) + 1)
     starts = np.maximum(ends - window, 0)
-    return (sums[ends] - sums[starts]) / (ends - starts)
+    defined = counts[ends] - counts[starts]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(defined > 0, (sums[ends] - sums[starts]) / defined, np.nan)
 
 
 def pick_group(record: StepRecord) -> int | None:
@@ -111,11 +116,14 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
 
 STUDY_PANELS = (
     ("accuracy/sampled", "sampled accuracy (right answer)"),
-    ("reward/mean", "sampled reward (preset's scale)"),
     ("format/accuracy", "sampled format accuracy"),
     ("actor/entropy", "token entropy (nats)"),
+    ("reward/mean", "sampled reward (preset's scale)"),
     ("demo/conflict_token_frac", "conflict-token share (prefix_suffix)"),
-    ("response_length/mean", "completion length (tokens)"),
+    ("demo/above_tau_frac", "share of completions with <H>_i > tau"),
+    ("conflict_token_logprob/pos", "log-prob of conflict tokens, A > 0"),
+    ("conflict_token_logprob/neg", "log-prob of conflict tokens, A < 0"),
+    ("conflict_token_logprob_change/neg", "its change across an update, A < 0"),
 )
 ARM_COLORS = {"gtpo": "tab:blue", "grpo": "tab:orange", "null": "tab:green", "w1": "tab:purple",
               "gamma0": "tab:brown", "nofilter": "tab:red", "noconflict": "tab:pink", "any": "tab:olive"}
@@ -132,12 +140,17 @@ def plot_study(path: Path, results: Sequence[dict[str, Any]], arms: Sequence[str
 
     steps = len(results[0]["runs"][arms[0]]["history"])
     window = max(1, steps // 10)
-    figure, axes = plt.subplots(2, 3, figsize=(15, 7.5), constrained_layout=True)
+    figure, axes = plt.subplots(3, 3, figsize=(15, 11), constrained_layout=True)
     for axis, (key, panel) in zip(axes.flat, STUDY_PANELS, strict=True):
         for arm in arms:
-            smoothed = np.array([smooth([rec[key] for rec in r["runs"][arm]["history"]], window) for r in results])
-            mean, low, high = mean_band(smoothed)
-            x = np.arange(1, steps + 1)
+            smoothed = np.array([smooth([rec.get(key, math.nan) for rec in r["runs"][arm]["history"]], window)
+                                 for r in results])
+            # steps where every seed defines the value (a mechanism metric may be undefined early on)
+            columns = np.all(np.isfinite(smoothed), axis=0)
+            if not columns.any():
+                continue
+            mean, low, high = mean_band(smoothed[:, columns])
+            x = np.arange(1, steps + 1)[columns]
             color = ARM_COLORS.get(arm)
             axis.plot(x, mean, color=color, linewidth=2, label=arm.upper())
             if len(results) > 1:
@@ -159,6 +172,15 @@ def _interval_text(interval: dict[str, Any], digits: int = 3) -> str:
     return f"{interval['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _paired_text(interval: dict[str, Any], digits: int = 3) -> str:
+    """The paired difference with its interval and, when known, the smallest detectable difference."""
+    detectable = interval.get("detectable_difference")
+    text = _interval_text(interval, digits)
+    if detectable is None or not math.isfinite(detectable):
+        return text
+    return f"{text} (detectable {detectable:.{digits}f})"
+
+
 def study_table(study: dict[str, Any]) -> list[tuple[str, ...]]:
     """Rows: one per metric; per arm its mean [95% CI]; per non-GRPO arm the paired difference vs GRPO."""
     arms = study["arms"]
@@ -170,7 +192,7 @@ def study_table(study: dict[str, Any]) -> list[tuple[str, ...]]:
         rows.append((
             key,
             *(_interval_text(study["summary"][arm][key], digits) for arm in arms),
-            *(_interval_text(study["paired_vs_grpo"][arm][key], digits) for arm in paired),
+            *(_paired_text(study["paired_vs_grpo"][arm][key], digits) for arm in paired),
         ))
     return rows
 
@@ -187,10 +209,12 @@ def study_summary(study: dict[str, Any], noise_band: str) -> str:
     options = study["options"]
     first = study["first_step_conflict_token_share"]
     lines = [
-        f"preset {study['preset']}; {len(seeds)} seed(s) {seeds}; arms {', '.join(study['arms'])}; "
+        f"preset {study['preset']}; regime {options.get('regime', 'default')}; {len(seeds)} seed(s) {seeds}; "
+        f"arms {', '.join(study['arms'])}; "
         f"{options['steps']} RL steps x {options['prompts_per_step']} prompts x "
         f"{options['group_size'] or 8} completions per arm",
         f"values: mean [{study['ci_method']}]",
+        "detectable: the smallest true paired difference these seeds detect with 80% power at alpha 0.05",
         "",
         format_table(study_table(study)),
         "",
@@ -204,5 +228,6 @@ def study_summary(study: dict[str, Any], noise_band: str) -> str:
                      f"{null['seeds_identical_throughout']} of {len(seeds)} seed(s); "
                      f"largest per-seed greedy-accuracy gap "
                      f"{null['max_abs_greedy_accuracy_diff']:.3f}.")
-    lines += ["", noise_band]
+    if noise_band:
+        lines += ["", noise_band]
     return "\n".join(lines)

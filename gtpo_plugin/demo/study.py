@@ -23,11 +23,14 @@ from gtpo_plugin.demo.options import DemoOptions
 
 if TYPE_CHECKING:
     from gtpo_plugin.demo.pipeline import Progress
-from gtpo_plugin.stats import mean_ci, paired_difference
+from gtpo_plugin.stats import detectable_difference, mean_ci, paired_difference
 
 BASELINE = "grpo"
 CONFIDENCE = 0.95
 TAIL = 0.2  # training-curve metrics are averaged over the last 20% of the steps
+POWER_METHOD = ("detectable_difference: the smallest true paired difference (arm - grpo) that a two-sided "
+                "paired t test at alpha on these seeds detects with this power, from the measured sd of the "
+                "per-seed differences (noncentral t)")
 CI_METHOD = ("Student t, two-sided 95%, n - 1 degrees of freedom, over seeds; paired differences: "
              "t interval of the per-seed differences (arm - grpo)")
 
@@ -41,30 +44,69 @@ FINAL_METRICS = (
     ("entropy", "mean token entropy of sampled completions (nats), last 20% of steps"),
     ("conflict_token_share", "share of valid tokens that are conflict tokens (prefix_suffix), last 20% of steps"),
     ("response_length", "mean sampled completion length (tokens), last 20% of steps"),
+    ("above_tau_share", "share of completions whose mean token entropy exceeds tau, last 20% of steps"),
+    ("conflict_logprob_pos", "mean log-prob of conflict tokens in positive completions, last 20% of steps"),
+    ("conflict_logprob_neg", "mean log-prob of conflict tokens in negative completions, last 20% of steps"),
+    ("conflict_logprob_change_pos", "change of that log-prob across one update, positive completions, all steps"),
+    ("conflict_logprob_change_neg", "change of that log-prob across one update, negative completions, all steps"),
+    ("format_tag_logprob_neg", "mean log-prob of the format tags in negative completions, last 20% of steps"),
+    ("format_tag_logprob_change_pos", "change of the format tags' log-prob across one update, positive, all steps"),
+    ("format_tag_logprob_change_neg", "change of the format tags' log-prob across one update, negative, all steps"),
 )
+# final metric -> (per-step key, share of the last steps averaged). Mechanism metrics are NaN in a step
+# whose token set is empty and are averaged over the steps where they are defined.
 CURVE_KEYS = {
-    "sampled_reward": "reward/mean",
-    "sampled_accuracy": "accuracy/sampled",
-    "format_accuracy": "format/accuracy",
-    "entropy": "actor/entropy",
-    "conflict_token_share": "demo/conflict_token_frac",
-    "response_length": "response_length/mean",
+    "sampled_reward": ("reward/mean", TAIL),
+    "sampled_accuracy": ("accuracy/sampled", TAIL),
+    "format_accuracy": ("format/accuracy", TAIL),
+    "entropy": ("actor/entropy", TAIL),
+    "conflict_token_share": ("demo/conflict_token_frac", TAIL),
+    "response_length": ("response_length/mean", TAIL),
+    "above_tau_share": ("demo/above_tau_frac", TAIL),
+    "conflict_logprob_pos": ("conflict_token_logprob/pos", TAIL),
+    "conflict_logprob_neg": ("conflict_token_logprob/neg", TAIL),
+    "conflict_logprob_change_pos": ("conflict_token_logprob_change/pos", 1.0),
+    "conflict_logprob_change_neg": ("conflict_token_logprob_change/neg", 1.0),
+    "format_tag_logprob_neg": ("format_tag_logprob/neg", TAIL),
+    "format_tag_logprob_change_pos": ("format_tag_logprob_change/pos", 1.0),
+    "format_tag_logprob_change_neg": ("format_tag_logprob_change/neg", 1.0),
 }
+POWER = 0.8
+ALPHA = 0.05
 
 
 def tail_mean(history: Sequence[dict[str, float]], key: str, fraction: float = TAIL) -> float:
-    """Mean of ``key`` over the last ``fraction`` of the steps (at least one step)."""
+    """Mean of ``key`` over the last ``fraction`` of the steps (at least one step), skipping NaN steps.
+
+    NaN when no step of that tail defines it (a run recorded before the metric existed gives NaN too).
+    """
     count = max(1, int(len(history) * fraction))
-    return float(np.mean([record[key] for record in history[-count:]]))
+    values = np.array([record.get(key, math.nan) for record in history[-count:]], dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 def final_metrics(run: dict[str, Any]) -> dict[str, float]:
     """The ``FINAL_METRICS`` of one run of :func:`gtpo_plugin.demo.pipeline.run_seed`."""
     history = run["history"]
-    values = {key: tail_mean(history, curve) for key, curve in CURVE_KEYS.items()}
+    values = {key: tail_mean(history, curve, fraction) for key, (curve, fraction) in CURVE_KEYS.items()}
     values["greedy_accuracy"] = float(run["eval_after"]["accuracy"])
     values["greedy_format_accuracy"] = float(run["eval_after"]["format_accuracy"])
     return {key: values[key] for key, _ in FINAL_METRICS}
+
+
+def _defined(values: Sequence[float]) -> bool:
+    return all(math.isfinite(value) for value in values)
+
+
+def paired_with_power(arm_values: Sequence[float], baseline_values: Sequence[float]) -> dict[str, Any]:
+    """The paired difference's interval, the sd of the per-seed differences and the smallest true
+    difference the study detects with ``POWER`` at ``ALPHA`` (two-sided paired t test)."""
+    interval = paired_difference(arm_values, baseline_values, CONFIDENCE).to_dict()
+    differences = np.asarray(arm_values, dtype=np.float64) - np.asarray(baseline_values, dtype=np.float64)
+    sd = float(differences.std(ddof=1)) if differences.size > 1 else math.nan
+    detectable = detectable_difference(sd, differences.size, POWER, ALPHA) if differences.size > 1 else math.inf
+    return {**interval, "sd_of_differences": sd, "detectable_difference": detectable}
 
 
 def _run_seed_quietly(options: DemoOptions) -> dict[str, Any]:
@@ -140,21 +182,20 @@ def summarise(results: Sequence[dict[str, Any]], options: DemoOptions, seconds: 
     arms = list(options.algorithms)
     seeds = [int(result["seed"]) for result in results]
     per_seed = {arm: {str(r["seed"]): final_metrics(r["runs"][arm]) for r in results} for arm in arms}
-    summary = {
-        arm: {key: mean_ci([per_seed[arm][str(s)][key] for s in seeds], CONFIDENCE).to_dict()
-              for key, _ in FINAL_METRICS}
-        for arm in arms
-    }
+    # A metric that some run never defined (a mechanism metric of an old cached run) is left out.
+    defined = [key for key, _ in FINAL_METRICS
+               if all(_defined([per_seed[arm][str(s)][key] for s in seeds]) for arm in arms)]
+    summary = {arm: {key: mean_ci([per_seed[arm][str(s)][key] for s in seeds], CONFIDENCE).to_dict()
+                     for key in defined}
+               for arm in arms}
     paired = {}
     if BASELINE in arms:
         for arm in arms:
             if arm == BASELINE:
                 continue
-            paired[arm] = {
-                key: paired_difference([per_seed[arm][str(s)][key] for s in seeds],
-                                       [per_seed[BASELINE][str(s)][key] for s in seeds], CONFIDENCE).to_dict()
-                for key, _ in FINAL_METRICS
-            }
+            paired[arm] = {key: paired_with_power([per_seed[arm][str(s)][key] for s in seeds],
+                                                  [per_seed[BASELINE][str(s)][key] for s in seeds])
+                           for key in defined}
     first_step_conflicts = [r["runs"][arms[0]]["history"][0]["demo/conflict_token_frac"] for r in results]
     return {
         "about": "GTPO (arXiv 2508.03772) vs GRPO on the demo's addition task, through verl's algorithm layer",
@@ -162,8 +203,9 @@ def summarise(results: Sequence[dict[str, Any]], options: DemoOptions, seconds: 
         "seeds": seeds,
         "arms": arms,
         "options": {key: value for key, value in results[0]["options"].items() if key not in ("seed", "cache")},
-        "metrics": dict(FINAL_METRICS),
+        "metrics": {key: about for key, about in FINAL_METRICS if key in defined},
         "ci_method": CI_METHOD,
+        "power": {"power": POWER, "alpha": ALPHA, "method": POWER_METHOD},
         "confidence": CONFIDENCE,
         "per_seed": per_seed,
         "summary": summary,

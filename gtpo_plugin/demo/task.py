@@ -27,10 +27,14 @@ from gtpo_plugin.paper_reward import FormatTags, extract_answer, format_reward
 
 MIN_OPERANDS = 4
 MAX_OPERANDS = 6
+# The harder problems of the negative-heavy regime go up to 7 operands (sums up to 35); the vocabulary
+# holds numbers up to max_number() = 40, which leaves room for wrong sums.
+LONGEST_PROBLEM = 7
 MIN_DIGIT = 1
 MAX_DIGIT = 5
 STEP_FORMS = ("sum_first", "operand_first", "implied")
 DEMO_TAGS = FormatTags("<r>", "</r>", "<a>", "</a>")
+FORMAT_TAG_TOKENS = [DEMO_TAGS.reasoning_open, DEMO_TAGS.reasoning_close, DEMO_TAGS.answer_open, DEMO_TAGS.answer_close]
 FULL_FORMAT = 10.0
 CORRECT = 10.0
 
@@ -62,10 +66,20 @@ class Problem:
         return [*tokens, "="]
 
 
-def sample_problems(count: int, generator: torch.Generator) -> list[Problem]:
-    """``count`` problems with 4 to 6 operands in 1..5, drawn from ``generator`` (reproducible)."""
-    n_operands = torch.randint(MIN_OPERANDS, MAX_OPERANDS + 1, (count,), generator=generator)
-    digits = torch.randint(MIN_DIGIT, MAX_DIGIT + 1, (count, MAX_OPERANDS), generator=generator)
+def check_operand_range(min_operands: int, max_operands: int) -> None:
+    """Problems need 2 to ``LONGEST_PROBLEM`` operands, so that every sum has a token in the vocabulary."""
+    if not 2 <= min_operands <= max_operands <= LONGEST_PROBLEM:
+        raise ValueError(f"operand counts must satisfy 2 <= min_operands <= max_operands <= {LONGEST_PROBLEM}, "
+                         f"got min_operands={min_operands}, max_operands={max_operands}")
+
+
+def sample_problems(count: int, generator: torch.Generator, min_operands: int = MIN_OPERANDS,
+                    max_operands: int = MAX_OPERANDS) -> list[Problem]:
+    """``count`` problems with ``min_operands`` to ``max_operands`` (4 to 6) digits in 1..5, drawn from
+    ``generator`` (reproducible; the default range draws exactly what it always drew)."""
+    check_operand_range(min_operands, max_operands)
+    n_operands = torch.randint(min_operands, max_operands + 1, (count,), generator=generator)
+    digits = torch.randint(MIN_DIGIT, MAX_DIGIT + 1, (count, max_operands), generator=generator)
     return [Problem(tuple(int(d) for d in digits[i, : int(n_operands[i])])) for i in range(count)]
 
 

@@ -23,9 +23,10 @@ from verl.workers.config import FSDPActorConfig, OptimizerConfig, PolicyLossConf
 
 from gtpo_plugin import compute_gtpo_terms, conflict_weights, gtpo_metrics, mean_completion_entropy
 from gtpo_plugin.demo.arms import Algorithm
+from gtpo_plugin.demo.mechanisms import MECHANISM_KEYS, mechanism_metrics
 from gtpo_plugin.demo.model import response_log_probs
 from gtpo_plugin.demo.rollout import Rollout, response_checksum, rollout
-from gtpo_plugin.demo.task import sample_problems
+from gtpo_plugin.demo.task import FORMAT_TAG_TOKENS, MAX_OPERANDS, MIN_OPERANDS, sample_problems
 from gtpo_plugin.demo.vocab import Vocab
 
 
@@ -48,6 +49,8 @@ class RLSettings:
     max_grad_norm: float = 1.0
     loss_agg_mode: str = "seq-mean-token-mean"
     gtpo: dict[str, Any] = field(default_factory=dict)
+    min_operands: int = MIN_OPERANDS
+    max_operands: int = MAX_OPERANDS
 
     def knobs(self, algorithm: Algorithm) -> dict[str, Any]:
         """The GTPO knobs this arm trains with: the preset's, with the arm's overrides."""
@@ -220,7 +223,8 @@ class Trainer:
 
     def step(self) -> StepRecord:
         self.step_index += 1
-        problems = sample_problems(self.settings.prompts_per_step, self.generator)
+        problems = sample_problems(self.settings.prompts_per_step, self.generator, self.settings.min_operands,
+                                   self.settings.max_operands)
         batch = rollout(self.model, self.vocab, problems, group_size=self.settings.group_size,
                         max_new_tokens=self.settings.max_new_tokens, generator=self.generator,
                         step=self.step_index, reward=self.settings.reward, temperature=self.settings.temperature)
@@ -238,10 +242,30 @@ class Trainer:
                                self.initial_entropy)
         protected = (diagnostics.weights == 0) & data.batch["response_mask"].bool()
         update = update_policy(self.model, self.optimizer, data, self.actor, protected, self.settings.mini_batches)
+        mechanisms = self.measure_update(data, diagnostics)
         # For GTPO the adapter reports the same gtpo/* values it trained with; for GRPO they are diagnostic.
         gtpo_values = {**diagnostics.metrics, **data.meta_info.get("gtpo_metrics", {})}
-        metrics = {"step": float(self.step_index), **rollout_metrics(batch), **gtpo_values, **update}
+        metrics = {"step": float(self.step_index), **rollout_metrics(batch), **gtpo_values, **update, **mechanisms}
         return StepRecord(batch, diagnostics, metrics)
+
+    def measure_update(self, data: DataProto, diagnostics: Diagnostics) -> dict[str, float]:
+        """What this step's update did to conflict tokens and format tags (:mod:`gtpo_plugin.demo.mechanisms`).
+
+        One more teacher-forced pass of the updated policy over the batch, without gradient.
+        """
+        batch = data.batch
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            new_log_prob, _ = response_log_probs(self.model, batch["prompts"], batch["prompt_mask"], batch["responses"],
+                                                 temperature=self.settings.temperature)
+        self.model.train(was_training)
+        tag_ids = torch.tensor(self.vocab.encode(FORMAT_TAG_TOKENS), device=batch["responses"].device)
+        return mechanism_metrics(
+            batch["old_log_probs"], new_log_prob, batch["response_mask"], diagnostics.conflicts,
+            torch.isin(batch["responses"], tag_ids), diagnostics.group_advantage, diagnostics.completion_entropy,
+            threshold=float(self.settings.gtpo.get("entropy_threshold", math.log(2.0))),
+        )
 
 
 def rollout_metrics(batch: Rollout) -> dict[str, float]:
@@ -264,7 +288,8 @@ def run(trainer: Trainer, on_step: Callable[[StepRecord], None] | None = None) -
     history = []
     for _ in range(trainer.settings.steps):
         record = trainer.step()
-        if not all(math.isfinite(v) for v in record.metrics.values()):
+        # A mechanism metric is NaN in a step whose token set is empty (no positive completion, say).
+        if not all(math.isfinite(v) or (key in MECHANISM_KEYS and math.isnan(v)) for key, v in record.metrics.items()):
             raise FloatingPointError(f"non-finite metric at step {trainer.step_index}: {record.metrics}")
         history.append(record.metrics)
         if on_step is not None:
