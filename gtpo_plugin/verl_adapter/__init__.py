@@ -1,25 +1,47 @@
-"""GTPO inside verl 0.9.0 and 0.9.1: the advantage estimator ``gtpo``, the policy loss ``gtpo`` and the trainer hooks.
+"""GTPO inside verl: the advantage estimator ``gtpo``, the policy loss ``gtpo`` and the trainer hooks.
 
 verl imports this module itself, in every process that imports ``verl``, through the entry point
 ``gtpo = "gtpo_plugin.verl_adapter"`` of the group ``verl.plugins`` (``VERL_USE_EXTERNAL_PLUGINS``,
-default ``auto``). Loading it:
+default ``auto``). Loading it never raises into verl's import and imports nothing of verl's trainers; it:
 
-1. checks that the installed verl is a supported version (:data:`SUPPORTED_VERL_VERSIONS`) and
-   raises ``ImportError`` naming them otherwise, rather than computing something else;
-2. registers the advantage estimator ``gtpo`` (:mod:`.estimator`) and the policy loss ``gtpo``
-   (:mod:`.policy_loss`) in verl's registries when ``verl.trainer.ppo.core_algos``, where they live,
-   is imported;
-3. installs the trainer hooks (:mod:`.trainer_hooks`, the one module that changes verl's code paths)
-   on each of verl's trainer modules when it is imported (:data:`TRAINER_HOOKS`).
+1. logs one warning if verl's version is not one CI tests (:data:`.seam.TESTED_VERL_VERSIONS`);
+2. when ``verl.trainer.ppo.core_algos`` is imported, probes its registries and registers the estimator
+   ``gtpo`` (:mod:`.estimator`) and the policy loss ``gtpo`` (:mod:`.policy_loss`);
+3. when each of verl's trainer modules is imported, probes and hooks it (:data:`.trainer_hooks.SEAMS`).
 
 Steps 2 and 3 run at once for modules imported before the plugin, otherwise right after the module's
-own code (:mod:`.import_hooks`), so the order of imports does not matter. Deferring them keeps loading
-the plugin cheap in a process that never imports verl's trainers (a Ray worker): ``core_algos`` alone
-pulls in ``verl.workers.config`` and transformers, the trainer modules a few seconds more.
+own code (:mod:`.import_hooks`), so the order of imports does not matter and a Ray worker that never
+imports the trainers pays nothing for them. A failed probe marks a component unavailable (:mod:`.seam`):
+the module imports, other estimators and losses are untouched, and a run selecting ``gtpo`` on a trainer
+that needs the component is refused when the trainer is constructed, naming the attribute and version.
 
-verl logs a plugin that fails to import at debug level only; this module logs the failure at
-warning level before re-raising. ``VERL_USE_EXTERNAL_MODULES=gtpo_plugin.verl_adapter`` imports it
-through verl's other mechanism, which lets the exception stop the process (the loud way).
+The contact surface, one row per verl internal: what the plugin does there, what happens when it changes,
+the test that shows it (``[x]``: scenario x of ``test_verl_changes.py``). docs/verl-seam.md has the same
+table with each internal's file and more words::
+
+  verl internal                          | plugin does          | when it changes      | test
+  ---------------------------------------+----------------------+----------------------+---------------------------
+  verl.plugins entry point (__init__.py) | loads this module    | logged, never raised | registration tests
+  trainer modules' loaders               | hooks after import   | raising hook skipped | test_verl_plugin_load
+  core_algos registries, agg_loss        | registers gtpo       | refused everywhere   | [register_adv_est_renamed]
+  ray_trainer.compute_advantage          | fields, direct calls | refused everywhere   | [compute_advantage_*]
+  RayPPOTrainer.__init__                 | legacy refusal       | legacy refused       | test_verl_trainers
+  RayPPOTrainer._compute_old_log_prob,   | old entropy kept;    | separation refused   | [ray_trainer_*_renamed]
+    _save/_load_checkpoint (separation)  | <H>_ini state        |                      |
+  v1 PPOTrainer.__init__                 | start-up checks      | (kept, refuses)      | every v1 scenario
+  v1 PPOTrainer._compute_advantage       | fields from TQ       | v1 refused           | [v1_compute_advantage_*]
+  v1 PPOTrainer._save/_load_checkpoint   | <H>_ini state        | v1 refused           | [v1_*_checkpoint_*]
+  v1.utils.compute_advantage_for_multi_* | session keys (read)  | v1 refused           | [v1_session_keys_changed]
+  tq.kv_batch_get (in trainer_base)      | fetches the fields   | v1 refused           | probed only
+  Separate..._fit_compute_advantage      | entropy to estimator | separation refused   | [separation_fit_*]
+  OneStepOffRayTrainer.__init__          | start-up checks      | one-step-off refused | experimental tests
+  FullyAsyncTrainer (Ray's copy)         | the same four hooks  | fully async refused  | [fully_async_*_renamed]
+  ActorConfig.global_batch_info          | agg_loss's sizes     | the loss raises      | test_verl_policy_loss
+  TOKEN_LEVEL_ROLLOUT_RS_OPTIONS         | not used (own list)  | nothing              | [token_level_*_renamed]
+
+With verl patched by ``upstream/estimator-batch-fields.patch`` (estimators declare batch fields), the
+estimator registers with ``batch_fields=("responses", "entropy")`` and the two advantage-path hooks
+(``compute_advantage``, v1 ``_compute_advantage``) are not installed.
 
 Contract for code that calls verl's advantage stage directly (the CPU demo, tests)
 --------------------------------------------------------------------------------
@@ -63,7 +85,7 @@ Contract for code that calls verl's advantage stage directly (the CPU demo, test
   metrics, which verl sends to the loggers the user chose (``trainer.logger``).
 - **Errors.** Calling the registered estimator without ``responses`` and ``entropy`` available
   (for example from a trainer the hooks do not cover) raises ``RuntimeError`` naming what is
-  missing; it never falls back to GRPO.
+  missing (and any component found unavailable); it never falls back to GRPO.
 
 In a training run nothing of this is needed: set ``algorithm.adv_estimator=gtpo`` and
 ``actor_rollout_ref.actor.policy_loss.loss_mode=gtpo`` (README, "Use with verl").
@@ -74,35 +96,32 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
-import verl
-
-from gtpo_plugin.verl_adapter import import_hooks
+from gtpo_plugin.verl_adapter import import_hooks, seam
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_VERL_VERSIONS = ("0.9.0", "0.9.1")
+#: verl's trainer modules the plugin hooks when they are imported (:data:`.trainer_hooks.SEAMS`), in dependency order.
+TRAINER_MODULES = (
+    "verl.trainer.ppo.ray_trainer",
+    "verl.trainer.ppo.v1.trainer_base",
+    "verl.experimental.separation.ray_trainer",
+    "verl.experimental.one_step_off_policy.ray_trainer",
+    "verl.experimental.fully_async_policy.fully_async_trainer",
+)
 
 
-def check_verl_version(version: str) -> None:
-    """Raise ``ImportError`` unless ``version`` is one the adapter was written and tested against."""
-    if version not in SUPPORTED_VERL_VERSIONS:
-        raise ImportError(
-            f"gtpo_plugin.verl_adapter supports verl {', '.join(SUPPORTED_VERL_VERSIONS)} only, found verl {version}; "
-            f"install a supported version (e.g. pip install 'verl[verl-core]=={SUPPORTED_VERL_VERSIONS[-1]}') or "
-            "uninstall gtpo-plugin. "
-            "The adapter patches verl's trainers and would not be correct on another version."
-        )
-
-
-#: verl's trainer modules and the :mod:`.trainer_hooks` function that hooks each when it is imported.
-TRAINER_HOOKS = {
-    "verl.trainer.ppo.ray_trainer": "install_ray_trainer",
-    "verl.trainer.ppo.v1.utils": "install_v1_utils",
-    "verl.trainer.ppo.v1.trainer_base": "install_v1_trainer",
-    "verl.experimental.separation.ray_trainer": "install_separation",
-    "verl.experimental.one_step_off_policy.ray_trainer": "install_one_step_off",
-    "verl.experimental.fully_async_policy.fully_async_trainer": "install_fully_async",
-}
+def probe_registries(core_algos: ModuleType) -> None:
+    """Probe what the registration uses in ``core_algos``; raises :class:`.seam.ProbeError`."""
+    name = core_algos.__name__
+    for registry in ("ADV_ESTIMATOR_REGISTRY", "POLICY_LOSS_REGISTRY"):
+        if not isinstance(seam.attribute(core_algos, registry, f"{name}.{registry}"), dict):
+            raise seam.ProbeError(f"{name}.{registry}", "is not a dict any more")
+    for register in ("register_adv_est", "register_policy_loss"):
+        seam.parameters(seam.attribute(core_algos, register, f"{name}.{register}"), f"{name}.{register}",
+                        leading=("name_or_enum",) if register == "register_adv_est" else ("name",))
+    agg_loss = seam.attribute(core_algos, "agg_loss", f"{name}.agg_loss")
+    seam.parameters(agg_loss, f"{name}.agg_loss", leading=("loss_mat", "loss_mask", "loss_agg_mode"),
+                    named=("dp_size", "batch_num_tokens", "global_batch_size", "loss_scale_factor"))
 
 
 def _register(core_algos: ModuleType) -> None:
@@ -111,34 +130,36 @@ def _register(core_algos: ModuleType) -> None:
     Each module registers its function when its own code ends: when one of them is what is importing
     ``core_algos`` right now, it is still half-initialised here and registers a moment later.
     """
-    from gtpo_plugin.verl_adapter import estimator, policy_loss  # noqa: F401 (imported to register)
-
+    try:
+        probe_registries(core_algos)
+        seam.estimators_declare_batch_fields(core_algos)
+        from gtpo_plugin.verl_adapter import estimator, policy_loss  # noqa: F401 (imported to register)
+    except seam.ProbeError as error:
+        seam.mark_unavailable("registries", error.attribute, error.problem)
+        return
+    except Exception as error:  # anything else in verl's registries: contained, named
+        seam.mark_unavailable("registries", core_algos.__name__, f"refused GTPO's registration ({error!r})")
+        return
     logger.info("GTPO plugin: adv_estimator 'gtpo' and policy loss 'gtpo' registered")
 
 
 def _hook_trainer(module: ModuleType) -> None:
-    """Install the trainer hooks of ``module``, one of :data:`TRAINER_HOOKS` (it has just been imported)."""
+    """Probe and hook ``module``, one of :data:`TRAINER_MODULES` (it has just been imported)."""
     from gtpo_plugin.verl_adapter import trainer_hooks
 
-    getattr(trainer_hooks, TRAINER_HOOKS[module.__name__])(module)
+    trainer_hooks.install(module)
     logger.info("GTPO plugin: trainer hooks installed on %s", module.__name__)
 
 
 def _load() -> None:
-    check_verl_version(verl.__version__)
-    # Nothing verl-specific is imported before the version check: on another verl it could fail obscurely.
+    seam.warn_if_untested(seam.verl_version())
     import_hooks.when_imported("verl.trainer.ppo.core_algos", _register)
-    for module_name in TRAINER_HOOKS:  # in dependency order, for modules imported before the plugin
+    for module_name in TRAINER_MODULES:  # in dependency order, for modules imported before the plugin
         import_hooks.when_imported(module_name, _hook_trainer)
 
 
 try:
     _load()
-except Exception:
-    logger.warning(
-        "gtpo_plugin.verl_adapter failed to load, so algorithm.adv_estimator=gtpo and policy_loss.loss_mode=gtpo "
-        "are NOT available in this process; set VERL_USE_EXTERNAL_MODULES=gtpo_plugin.verl_adapter to make "
-        "verl stop on this error",
-        exc_info=True,
-    )
-    raise
+except Exception:  # never take verl's import down; a GTPO run then fails at its first 'gtpo' lookup
+    logger.error("gtpo_plugin.verl_adapter failed to load, so algorithm.adv_estimator=gtpo and "
+                 "policy_loss.loss_mode=gtpo are NOT available in this process", exc_info=True)

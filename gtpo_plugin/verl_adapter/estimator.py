@@ -3,16 +3,12 @@
 verl's ``compute_advantage`` hands a registered estimator ``token_level_rewards``, ``response_mask``,
 ``index`` (the ``uid``) and ``config`` only. GTPO also needs the sampled token ids (conflict tokens)
 and the old policy's per-token entropy (⟨H⟩_i). The trainer hooks provide both for the batch being
-processed with :func:`gtpo_batch`, a context the estimator reads; outside such a context the
+processed with :func:`.batch_inputs.gtpo_batch`, a context the estimator reads; outside such a context the
 estimator raises instead of computing anything else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,34 +16,10 @@ from verl.trainer.ppo.core_algos import ADV_ESTIMATOR_REGISTRY, register_adv_est
 
 from gtpo_plugin.advantages import compute_gtpo_terms
 from gtpo_plugin.metrics import gtpo_metrics
+from gtpo_plugin.verl_adapter import seam
+from gtpo_plugin.verl_adapter.batch_inputs import GTPOBatch, current_batch
 from gtpo_plugin.verl_adapter.settings import GTPO, gtpo_config, norm_adv_by_std
 from gtpo_plugin.verl_adapter.state import initial_entropy
-
-
-@dataclass
-class GTPOBatch:
-    """What verl does not pass to estimators, for one batch: ``[B, L]`` tensors row-aligned with it.
-
-    ``metrics`` is filled by the estimator with :func:`gtpo_plugin.gtpo_metrics` of the batch.
-    """
-
-    responses: torch.Tensor
-    entropy: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-_CURRENT: ContextVar[GTPOBatch | None] = ContextVar("gtpo_batch", default=None)
-
-
-@contextmanager
-def gtpo_batch(responses: torch.Tensor, entropy: torch.Tensor) -> Iterator[GTPOBatch]:
-    """Make ``responses`` and ``entropy`` of the batch about to be processed visible to the estimator."""
-    inputs = GTPOBatch(responses=responses, entropy=entropy)
-    token = _CURRENT.set(inputs)
-    try:
-        yield inputs
-    finally:
-        _CURRENT.reset(token)
 
 
 def compute_gtpo_outcome_advantage(
@@ -55,8 +27,10 @@ def compute_gtpo_outcome_advantage(
     response_mask: torch.Tensor,
     index: Any = None,
     config: Any = None,
+    responses: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
     **unused: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[Any, ...]:
     """GTPO advantages with verl's estimator signature; returns ``(advantages, returns)``, both ``[B, L]``.
 
     Args:
@@ -66,18 +40,22 @@ def compute_gtpo_outcome_advantage(
         index: the ``uid`` of each row (GRPO group).
         config: verl's ``algorithm`` section; GTPO's settings under ``gtpo``, and
             ``norm_adv_by_std_in_grpo``. ⟨H⟩_ini is measured and stored there when null (:mod:`.state`).
+        responses, entropy: ``[B, L]``, passed by a verl that lets estimators declare batch fields
+            (:data:`BATCH_FIELDS`, upstream/); then the batch's metrics are returned as a third value.
         unused: optional fields verl passes to some estimators (e.g. ``reward_baselines``); not used.
 
-    ``responses`` and ``entropy`` come from the enclosing :func:`gtpo_batch`. The batch's metrics are
+    ``responses`` and ``entropy`` come from the enclosing :func:`.batch_inputs.gtpo_batch`. The batch's metrics are
     left in its ``metrics``. Cost: that of :func:`gtpo_plugin.compute_gtpo_advantage`, O(B·L).
     """
-    inputs = _CURRENT.get()
+    declared = responses is not None and entropy is not None
+    inputs = GTPOBatch(responses, entropy) if declared else current_batch()  # type: ignore[arg-type]
     if inputs is None:
         raise RuntimeError(
             "adv_estimator 'gtpo' needs the batch's 'responses' (token ids, for conflict tokens) and 'entropy' "
             "(the old policy's per-token entropy, for <H>_i), which verl does not pass to estimators. Call "
             "verl.trainer.ppo.ray_trainer.compute_advantage with a DataProto that holds both, or train with verl's "
             "v1 trainer (trainer.use_v1=true), whose advantage stage the GTPO plugin extends."
+            + "".join(f" Unavailable here: {reason}." for reason in seam.reasons(seam.ALL))
         )
     if index is None:
         raise ValueError("adv_estimator 'gtpo' needs the group id of each row: the DataProto must hold 'uid'")
@@ -100,12 +78,22 @@ def compute_gtpo_outcome_advantage(
         norm_adv_by_std=norm_adv_by_std(config),
     )
     inputs.metrics = gtpo_metrics(terms)
+    if declared:
+        return terms.advantages, terms.advantages, inputs.metrics
     return terms.advantages, terms.advantages
+
+
+#: What the estimator asks a verl that lets estimators declare batch fields to pass (upstream/).
+BATCH_FIELDS = ("responses", "entropy")
 
 
 def register() -> None:
     """Register the estimator as ``gtpo``; verl's registry refuses a different function under that name."""
-    if ADV_ESTIMATOR_REGISTRY.get(GTPO) is not compute_gtpo_outcome_advantage:
+    if ADV_ESTIMATOR_REGISTRY.get(GTPO) is compute_gtpo_outcome_advantage:
+        return
+    if seam.estimators_declare_batch_fields():
+        register_adv_est(GTPO, batch_fields=BATCH_FIELDS)(compute_gtpo_outcome_advantage)  # type: ignore[call-arg]
+    else:
         register_adv_est(GTPO)(compute_gtpo_outcome_advantage)
 
 

@@ -9,7 +9,8 @@ imports ``verl.trainer.ppo.core_algos``. Importing those modules eagerly would d
 - otherwise a finder at the front of ``sys.meta_path`` wraps the loader verl's module would get anyway,
   and the function runs right after the module's code, before the ``import`` statement returns.
 
-Either way the order of imports does not matter. This module imports nothing of verl.
+Either way the order of imports does not matter. A hook that raises is logged as an error and skipped:
+it never fails the import of verl's module. This module imports nothing of verl.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def when_imported(module_name: str, hook: Hook) -> None:
         _install_finder()
         module = sys.modules.get(module_name)
     if module is not None and not _is_initializing(module):
-        hook(module)
+        _run_hook(module, hook)
 
 
 def _is_initializing(module: ModuleType) -> bool:
@@ -55,16 +56,21 @@ def _is_initializing(module: ModuleType) -> bool:
     return bool(getattr(spec, "_initializing", False))
 
 
+def _run_hook(module: ModuleType, hook: Hook) -> None:
+    """``hook(module)``, logging instead of raising."""
+    try:
+        hook(module)
+    except Exception:
+        logger.error("the GTPO plugin's hook %s failed on %s; the module is left as it is",
+                     _hook_name(hook), module.__name__, exc_info=True)
+
+
 def _run_hooks(module: ModuleType) -> None:
+    """Run the hooks of ``module``; one that raises is logged and skipped, never raised into verl's import."""
     with _LOCK:
         hooks = list(_HOOKS.get(module.__name__, {}).values())
     for hook in hooks:
-        try:
-            hook(module)
-        except Exception:
-            logger.error("the GTPO plugin's hook %s failed on %s, which is therefore not imported",
-                         _hook_name(hook), module.__name__, exc_info=True)
-            raise
+        _run_hook(module, hook)
 
 
 class _HookedLoader(importlib.abc.Loader):

@@ -19,6 +19,28 @@ from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, agg_loss, register
 from gtpo_plugin.loss import clipped_surrogate
 from gtpo_plugin.verl_adapter.settings import GTPO
 
+#: The keys verl's engine (``verl.workers.utils.losses.ppo_loss``) puts in ``config.global_batch_info``.
+GLOBAL_BATCH_KEYS = ("dp_size", "batch_num_tokens", "global_batch_size")
+
+
+def global_batch_info(config: Any) -> dict[str, Any]:
+    """``config.global_batch_info``, the global batch sizes ``agg_loss`` divides by.
+
+    verl's engine fills it before every loss call; an empty one means a direct call outside the engine (the
+    CPU demo), reduced over the micro-batch as verl's own losses do then. A config without the field, or
+    one filled without those keys, is an error: the loss would otherwise normalise per micro-batch and its
+    scale would depend on the data-parallel size.
+    """
+    info = getattr(config, "global_batch_info", None)
+    if info is None or not hasattr(info, "keys"):
+        raise ValueError(f"policy loss 'gtpo' needs the actor config's global_batch_info (a dict verl's engine "
+                         f"fills with {GLOBAL_BATCH_KEYS}); {type(config).__name__} has {info!r}")
+    missing = [key for key in GLOBAL_BATCH_KEYS if key not in info]
+    if info and missing:
+        raise ValueError(f"policy loss 'gtpo': config.global_batch_info {dict(info)} lacks {missing}, which verl's "
+                         "engine sets; without them the loss would be normalised per micro-batch")
+    return dict(info)
+
 
 def compute_policy_loss_gtpo(
     old_log_prob: torch.Tensor,
@@ -53,8 +75,8 @@ def compute_policy_loss_gtpo(
         old_log_prob, log_prob, advantages, response_mask,
         clip_ratio_low=clip_ratio_low, clip_ratio_high=clip_ratio_high, rollout_is_weights=rollout_is_weights,
     )
-    global_batch_info = getattr(config, "global_batch_info", None) or {}
-    loss = agg_loss(loss_mat=pg_losses, loss_mask=response_mask, loss_agg_mode=loss_agg_mode, **global_batch_info)
+    loss = agg_loss(loss_mat=pg_losses, loss_mask=response_mask, loss_agg_mode=loss_agg_mode,
+                    **global_batch_info(config))
     return loss, metrics
 
 

@@ -12,13 +12,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, open_dict
-from verl.trainer.ppo.rollout_corr_helper import TOKEN_LEVEL_ROLLOUT_RS_OPTIONS
 
 from gtpo_plugin.config import GTPOConfig
 
 logger = logging.getLogger(__name__)
 
 GTPO = "gtpo"
+
+#: The rejection-sampling modes of ``algorithm.rollout_correction.rollout_rs`` that mask whole completions
+#: (verl 0.9's sequence-level ones). Any other mode, token-level or one GTPO does not know, is refused.
+SEQUENCE_LEVEL_ROLLOUT_RS = frozenset({"seq_sum_k1", "seq_sum_k2", "seq_sum_k3", "seq_mean_k1", "seq_mean_k2",
+                                       "seq_mean_k3", "seq_max_k2", "seq_max_k3"})
 
 
 def _name(value: Any) -> str:
@@ -65,6 +69,21 @@ def uses_gtpo_loss(config: Any) -> bool:
     return _name(_get(_get(actor, "policy_loss"), "loss_mode")) == GTPO
 
 
+def uses_gtpo(config: Any) -> bool:
+    """Whether a full verl config selects GTPO's estimator or its loss."""
+    return uses_gtpo_estimator(config) or uses_gtpo_loss(config)
+
+
+def check_v1_trainer_config(config: DictConfig) -> None:
+    """What only verl's v1 trainer cannot do with ``adv_estimator=gtpo``: PF-PPO (verl#7956)."""
+    if uses_gtpo_estimator(config) and _get(config.algorithm, "use_pf_ppo", False):
+        raise ValueError(
+            "algorithm.use_pf_ppo=true with algorithm.adv_estimator=gtpo is refused on verl's v1 trainer: it writes "
+            "the advantages of PF-PPO's resampled rows back under the original TransferQueue keys, so rows would "
+            "train on other rows' advantages (verl#7956). Set algorithm.use_pf_ppo=false"
+        )
+
+
 def check_trainer_config(config: DictConfig) -> None:
     """Start-up checks of a full verl config that selects GTPO; a no-op otherwise.
 
@@ -78,7 +97,8 @@ def check_trainer_config(config: DictConfig) -> None:
     tokens), which GTPO skips when it counts positions. A rejected token is one the model did generate;
     verl sets its ``response_mask`` to 0 before the advantage stage, so skipping it would shift every
     later position of that completion by one against the other completions of its group and compare
-    the wrong tokens. Sequence-level modes (a whole completion masked) are allowed.
+    the wrong tokens. Sequence-level modes (a whole completion masked, :data:`SEQUENCE_LEVEL_ROLLOUT_RS`) are
+    allowed; a mode GTPO does not know is refused too.
     """
     estimator, loss = uses_gtpo_estimator(config), uses_gtpo_loss(config)
     if not (estimator or loss):
@@ -107,13 +127,14 @@ def check_trainer_config(config: DictConfig) -> None:
             "and algorithm.rollout_correction.bypass_mode=true skips that pass; set it to false"
         )
     rejection = str(_get(rollout_correction, "rollout_rs") or "")
-    token_level = sorted({option.strip() for option in rejection.split(",")} & TOKEN_LEVEL_ROLLOUT_RS_OPTIONS)
-    if token_level:
+    refused = sorted({option.strip() for option in rejection.split(",") if option.strip()} - SEQUENCE_LEVEL_ROLLOUT_RS)
+    if refused:
         raise ValueError(
-            f"algorithm.rollout_correction.rollout_rs={rejection!r} masks single tokens inside completions "
-            f"({token_level}) that the model generated; GTPO counts positions over the unmasked tokens, so every "
-            "later token of such a completion would be compared with the wrong position of the others. Use a "
-            "sequence-level mode (seq_sum_*, seq_mean_*) or none"
+            f"algorithm.rollout_correction.rollout_rs={rejection!r}: GTPO allows only the sequence-level modes "
+            f"{sorted(SEQUENCE_LEVEL_ROLLOUT_RS)}, not {refused}. A token-level mode masks single tokens inside "
+            "completions that the model generated; GTPO counts positions over the unmasked tokens, so every later "
+            "token of such a completion would be compared with the wrong position of the others. Use a "
+            "sequence-level mode or none"
         )
     settings = gtpo_config(config.algorithm)
     with open_dict(config.algorithm):

@@ -1,68 +1,48 @@
-"""The one place where the GTPO plugin changes verl's code paths (verl 0.9.0 and 0.9.1).
+"""The one place where the GTPO plugin changes verl's code paths, and the probes that guard each change.
 
-Each hook wraps a verl function, calls the original, and acts only when the run selects
-``algorithm.adv_estimator=gtpo`` (the start-up checks also for ``loss_mode=gtpo``); for every other run
-they pass straight through. The ``install_*`` functions take the verl module they hook and run when it
-is imported (:data:`gtpo_plugin.verl_adapter.TRAINER_HOOKS`); installing twice changes nothing.
+:data:`SEAMS` lists, per verl module, every verl function the plugin wraps (or only reads), what it
+expects of it, and the component of GTPO it belongs to. :func:`install` runs when that module is
+imported: it probes every entry first (:mod:`.seam`); a component whose probe fails is marked
+unavailable and none of its hooks is installed, while the start-up hooks (trainer ``__init__``) are
+installed whenever their own probe passes, so that a GTPO run is refused at construction with the
+reason. Installing never raises and installing twice changes nothing.
 
-- ``verl.trainer.ppo.ray_trainer.compute_advantage``: when the ``DataProto`` holds ``responses``
-  and ``entropy``, makes them visible to the ``gtpo`` estimator and puts the batch's GTPO metrics
-  in ``data.meta_info["gtpo_metrics"]`` (``verl.trainer.ppo.v1.utils``, which imports the function
-  by name, is pointed at the wrapper too).
-- v1 trainer ``PPOTrainer`` (``trainer.use_v1=true``; the ``sync``, ``colocate_async`` and
-  ``separate_async`` trainers inherit these methods unchanged):
-
-  - ``__init__``: start-up checks of the settings (:func:`.settings.check_trainer_config`);
-  - ``_compute_advantage``: verl fetches a fixed list of fields from TransferQueue that has neither
-    ``responses`` nor ``entropy`` (which ``_compute_old_log_prob`` stores: verl asks the engine for
-    it with ``calculate_entropy=True`` whatever ``actor.entropy_coeff`` is). The hook fetches the
-    two for the same keys, hands them to the estimator, and adds the GTPO metrics to the step's
-    metrics, which verl logs once per step. Agent loops with several outputs per session are
-    refused (verl's GRPO special-cases them; GTPO does not define that case);
-  - ``_save_checkpoint`` / ``_load_checkpoint``: ⟨H⟩_ini to and from ``global_step_<N>/gtpo_state.json``.
-- ``SeparateRayPPOTrainer`` (``verl.experimental.separation``) and the trainers built on it,
-  ``OneStepOffRayTrainer`` (one-step-off-policy) and ``FullyAsyncTrainer`` (fully async), which run
-  their step as ``_fit_compute_log_prob`` → ... → ``_fit_compute_advantage`` on a ``DataProto``:
-
-  - ``_compute_old_log_prob``: keeps a reference to the old policy's per-token entropy under
-    :data:`OLD_ENTROPY`, which ``_fit_compute_log_prob`` merges into the batch (verl itself pops it);
-  - ``_fit_compute_advantage``: takes it out of the batch again (the actor update never sees it),
-    hands it and ``responses`` to the estimator, and adds the GTPO metrics to ``self.metrics``;
-  - start-up checks: ``SeparateRayPPOTrainer`` runs them through ``RayPPOTrainer.__init__`` (below);
-    the one-step-off and fully-async trainers never call it and get their own ``__init__`` hook;
-  - ``_save_checkpoint`` / ``_load_checkpoint`` (``load_checkpoint`` for fully async, whose step
-    folders count parameter versions): ⟨H⟩_ini as for v1.
-- legacy trainer ``RayPPOTrainer`` (``trainer.use_v1=false``, deprecated): its ``fit`` discards the
-  old-log-prob entropy, so with ``adv_estimator=gtpo`` its ``__init__`` stops with an error saying
-  which trainers to use. A subclass passes when it keeps the hooked ``_fit_compute_advantage`` of
-  ``SeparateRayPPOTrainer`` (its step then supplies the entropy, or that hook raises).
+Each wrapper calls verl's original and acts only when the run selects ``algorithm.adv_estimator=gtpo``
+(the start-up checks also for ``loss_mode=gtpo``); every other run passes straight through, whatever
+arguments verl passes. What each hook does is in the adapter's contact table
+(:mod:`gtpo_plugin.verl_adapter`, and docs/verl-seam.md).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import torch
 import transfer_queue as tq
 
-from gtpo_plugin.verl_adapter.estimator import gtpo_batch
+from gtpo_plugin.verl_adapter import seam
+from gtpo_plugin.verl_adapter.batch_inputs import gtpo_batch
 from gtpo_plugin.verl_adapter.settings import (
     GTPO,
     check_trainer_config,
+    check_v1_trainer_config,
     norm_adv_by_std,
+    uses_gtpo,
     uses_gtpo_estimator,
-    uses_gtpo_loss,
 )
 from gtpo_plugin.verl_adapter.state import load_state, save_state
 
+Make = Callable[[Callable[..., Any]], Callable[..., Any]]
+
 _MARK = "__gtpo_hook__"
+_CHECKED = "_gtpo_start_up_checked"  # set on a trainer whose start-up checks ran
 
 #: Batch field under which the separation-family hooks carry the old policy's entropy, ``[B, L]``.
 OLD_ENTROPY = "gtpo_old_entropy"
@@ -74,15 +54,11 @@ SUPPORTED_TRAINERS = (
     "(python3 -m verl.experimental.fully_async_policy.fully_async_main)"
 )
 
-
-def _wrap(owner: Any, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-    """Replace ``owner.name`` with ``make(original)``, once (installing twice is a no-op)."""
-    original = getattr(owner, name)
-    if getattr(original, _MARK, False):
-        return
-    wrapper = functools.wraps(original)(make(original))
-    setattr(wrapper, _MARK, True)
-    setattr(owner, name, wrapper)
+#: The components each trainer family needs (:mod:`.seam`); the start-up hooks refuse GTPO when one is unavailable.
+V1 = (*seam.CORE, "v1")
+LEGACY = (*seam.CORE, "legacy", "separation")
+ONE_STEP_OFF = (*LEGACY, "one_step_off")
+FULLY_ASYNC = (*seam.CORE, "separation", "fully_async")
 
 
 def is_hooked(function: Any) -> bool:
@@ -90,63 +66,89 @@ def is_hooked(function: Any) -> bool:
     return bool(getattr(function, _MARK, False))
 
 
-def install_ray_trainer(module: ModuleType) -> None:
-    """``verl.trainer.ppo.ray_trainer``: ``compute_advantage`` and the legacy trainer's ``__init__``."""
-    _wrap(module, "compute_advantage", _hook_compute_advantage)
-    _wrap(module.RayPPOTrainer, "__init__", _hook_legacy_init)
+def _wrap(owner: Any, name: str, make: Make) -> None:
+    """Replace ``owner.name`` with ``make(original)``, once (installing twice is a no-op)."""
+    original = getattr(owner, name)
+    if is_hooked(original):
+        return
+    wrapper = functools.wraps(original)(make(original))
+    setattr(wrapper, _MARK, True)
+    setattr(owner, name, wrapper)
 
 
-def install_v1_utils(module: ModuleType) -> None:
-    """``verl.trainer.ppo.v1.utils`` bound ``compute_advantage`` by name; point it at the wrapper."""
-    ray_trainer = importlib.import_module("verl.trainer.ppo.ray_trainer")  # imported, and hooked, before it
-    setattr(module, "compute_advantage", ray_trainer.compute_advantage)  # noqa: B010 (mypy: ModuleType)
+def _config_of(original: Callable[..., Any], self: Any, args: tuple, kwargs: dict) -> Any:
+    """The ``config`` argument of a trainer's ``__init__`` call (None when it cannot be bound)."""
+    try:
+        return inspect.signature(original).bind_partial(self, *args, **kwargs).arguments.get("config")
+    except TypeError:
+        return None
 
 
-def install_v1_trainer(module: ModuleType) -> None:
-    """``verl.trainer.ppo.v1.trainer_base``: the v1 ``PPOTrainer`` (all three trainer modes)."""
-    trainer = module.PPOTrainer
-    _wrap(trainer, "__init__", _hook_v1_init)
-    _wrap(trainer, "_compute_advantage", _hook_v1_compute_advantage)
-    _wrap(trainer, "_save_checkpoint", _hook_v1_save_checkpoint)
-    _wrap(trainer, "_load_checkpoint", _hook_v1_load_checkpoint)
+def run_start_up_checks(trainer: Any, config: Any, components: Sequence[str], *, v1: bool = False) -> None:
+    """Refuse a GTPO run whose trainer needs an unavailable component, then check its settings; marks ``trainer``."""
+    if config is not None and uses_gtpo(config):
+        seam.refuse_if_unavailable(components, type(trainer).__name__)
+        check_trainer_config(config)
+        if v1:
+            check_v1_trainer_config(config)
+    trainer.__dict__[_CHECKED] = True
 
 
-def install_separation(module: ModuleType) -> None:
-    """``verl.experimental.separation.ray_trainer``: the step of ``SeparateRayPPOTrainer`` and its subclasses."""
-    trainer = module.SeparateRayPPOTrainer
-    _wrap(trainer, "_compute_old_log_prob", _hook_separate_compute_old_log_prob)
-    _wrap(trainer, "_fit_compute_advantage", _hook_separate_fit_compute_advantage)
-    _wrap(trainer, "_save_checkpoint", _hook_v1_save_checkpoint)  # same folder layout as v1's
-    _wrap(trainer, "_load_checkpoint", _hook_v1_load_checkpoint)
+def _ensure_start_up_checks(trainer: Any, components: Sequence[str], *, v1: bool = False) -> None:
+    """At a GTPO step: run the start-up checks if construction skipped them (no ``super().__init__``)."""
+    if not trainer.__dict__.get(_CHECKED, False):
+        run_start_up_checks(trainer, trainer.config, components, v1=v1)
 
 
-def install_one_step_off(module: ModuleType) -> None:
-    """``verl.experimental.one_step_off_policy.ray_trainer``: start-up checks (its ``__init__`` is its own)."""
-    _wrap(module.OneStepOffRayTrainer, "__init__", _hook_start_up_checks)
+def _hook_start_up(components: Sequence[str], *, v1: bool = False) -> Make:
+    """``__init__`` of a trainer: the start-up checks (refusal included), then verl's code."""
+
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            run_start_up_checks(self, _config_of(original, self, args, kwargs), components, v1=v1)
+            original(self, *args, **kwargs)
+
+        return __init__
+
+    return make
 
 
-def install_fully_async(module: ModuleType) -> None:
-    """``verl.experimental.fully_async_policy.fully_async_trainer``: start-up checks and ⟨H⟩_ini checkpoints.
+def _hook_legacy_init(original: Callable[..., Any]) -> Callable[..., Any]:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        config = _config_of(original, self, args, kwargs)
+        if config is not None and uses_gtpo_estimator(config) and not _supplies_gtpo_inputs(type(self)):
+            seam.refuse_if_unavailable(LEGACY, type(self).__name__)
+            raise ValueError(
+                f"algorithm.adv_estimator=gtpo does not run on {type(self).__name__}: the legacy trainer "
+                "(trainer.use_v1=false, deprecated) discards the old policy's per-token entropy that GTPO needs. "
+                f"Use {SUPPORTED_TRAINERS}."
+            )
+        run_start_up_checks(self, config, LEGACY)
+        original(self, *args, **kwargs)
 
-    ``FullyAsyncTrainer`` there is a Ray actor class. When verl's module defined it, Ray copied every
-    method of verl's class into the subclass it runs (wrapped for tracing), so the hooks go on that
-    subclass, which Ray ships by value to the actor's process, hooks included. Its copy of
-    ``_fit_compute_advantage`` already wraps the hooked one unless the module was imported before the plugin.
+    return __init__
+
+
+def _supplies_gtpo_inputs(trainer_class: type) -> bool:
+    """Whether ``trainer_class`` runs its advantage step through the hooked ``SeparateRayPPOTrainer`` method.
+
+    (An override of ``_compute_old_log_prob`` that calls verl's, as the fully async trainer's does, still
+    supplies the entropy; one that does not is caught by ``_fit_compute_advantage`` at the first step.)
     """
-    trainer = module.FullyAsyncTrainer.__ray_metadata__.modified_class
-    _wrap(trainer, "_fit_compute_advantage", _hook_separate_fit_compute_advantage)
-    _wrap(trainer, "__init__", _hook_start_up_checks)
-    _wrap(trainer, "_save_checkpoint", _hook_fully_async_save_checkpoint)
-    _wrap(trainer, "load_checkpoint", _hook_fully_async_load_checkpoint)
+    return is_hooked(getattr(trainer_class, "_fit_compute_advantage", None))
 
 
 def _hook_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
     signature = inspect.signature(original)
 
     def compute_advantage(*args: Any, **kwargs: Any) -> Any:
-        call = signature.bind(*args, **kwargs).arguments  # the arguments given, without defaults
-        data, estimator = call["data"], call["adv_estimator"]
-        fields = set(data.batch.keys()) if data.batch is not None else set()
+        try:
+            call = signature.bind(*args, **kwargs).arguments  # the arguments given, without defaults
+        except TypeError:
+            return original(*args, **kwargs)  # verl's own error for a call it does not accept
+        data, estimator = call["data"], call.get("adv_estimator")
+        batch = getattr(data, "batch", None)
+        fields = set(batch.keys()) if batch is not None else set()
         if str(getattr(estimator, "value", estimator)) != GTPO or not {"responses", "entropy"} <= fields:
             return original(*args, **kwargs)
         config, norm = call.get("config"), call.get("norm_adv_by_std_in_grpo")
@@ -164,25 +166,23 @@ def _hook_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
     return compute_advantage
 
 
-def _hook_v1_init(original: Callable[..., Any]) -> Callable[..., Any]:
-    def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
-        check_trainer_config(config)
-        original(self, config, *args, **kwargs)
+def check_one_output_per_session(keys: Sequence[str]) -> None:
+    """Refuse agent loops that return several outputs per session.
 
-    return __init__
-
-
-def _check_one_output_per_session(keys: Sequence[str]) -> None:
-    """Refuse agent loops that return several outputs per session (TransferQueue keys ``{uid}_{session}_{i}``).
-
-    verl 0.9.1 (``v1.utils.compute_advantage_for_multi_trajectories``) computes GRPO on each
-    session's last output only and copies that one number per session to its other outputs; any
-    other estimator gets every output as a separate row of the ``uid`` group. GTPO's advantage is per
-    token, set by positions within one completion, so a copied number has no GTPO counterpart, and
-    separate rows would count one session several times in its group. Masks with holes inside one
-    output (multi-turn tool use) are supported.
+    verl's agent loop stores output ``i`` of session ``s`` of prompt ``uid`` under the TransferQueue key
+    ``{uid}_{s}_{i}``, and verl's own handling of several outputs per session
+    (``v1.utils.compute_advantage_for_multi_trajectories``, probed) groups rows by ``key.rsplit("_", 2)``;
+    this check groups them the same way. verl computes GRPO on each session's last output only and copies
+    that one number to its other outputs; GTPO's advantage is per token, set by positions within one
+    completion, so it has no such counterpart. A key not in that format is an error, not a pass.
     """
-    sessions = Counter(key.rsplit("_", 1)[0] for key in keys if key.count("_") >= 2)
+    sessions: Counter[str] = Counter()
+    for key in keys:
+        fields = key.rsplit("_", 2)
+        if len(fields) != 3 or not fields[2].isdigit():
+            raise ValueError(f"TransferQueue key {key!r} is not verl's '{{uid}}_{{session_id}}_{{index}}'; the GTPO "
+                             "plugin cannot tell whether an agent-loop session returned several outputs")
+        sessions[f"{fields[0]}_{fields[1]}"] += 1
     repeated = [session for session, count in sessions.items() if count > 1]
     if repeated:
         raise NotImplementedError(
@@ -204,13 +204,18 @@ def _fetch_responses_and_entropy(batch: Any) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _hook_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _compute_advantage(self: Any, batch: Any, metrics: dict) -> Any:
+    signature = inspect.signature(original)  # (self, batch, metrics), probed
+
+    def _compute_advantage(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not uses_gtpo_estimator(self.config):
-            return original(self, batch, metrics)
-        _check_one_output_per_session(batch.keys)
+            return original(self, *args, **kwargs)
+        _ensure_start_up_checks(self, V1, v1=True)
+        call = signature.bind(self, *args, **kwargs).arguments
+        batch, metrics = call["batch"], call["metrics"]
+        check_one_output_per_session(batch.keys)
         responses, entropy = _fetch_responses_and_entropy(batch)
         with gtpo_batch(responses, entropy) as inputs:
-            result = original(self, batch, metrics)
+            result = original(self, *args, **kwargs)
         metrics.update(inputs.metrics)
         return result
 
@@ -218,85 +223,61 @@ def _hook_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., An
 
 
 def _save_folder(trainer_config: Any, step: int) -> str:
-    """``<default_local_dir>/global_step_<step>``, the folder verl's trainers save a checkpoint to."""
+    """``<default_local_dir>/global_step_<step>``, as verl's ``_save_checkpoint`` builds it (source probed)."""
     return os.path.join(os.path.abspath(trainer_config.default_local_dir), f"global_step_{step}")
 
 
-def _step_folder(trainer_config: Any, global_steps: int) -> str:
-    """The ``global_step_<N>`` folder verl's v1 trainer saves to and, in ``auto`` mode, resumes from."""
+def _step_folder(trainer_config: Any, step: int) -> str:
+    """The folder verl's ``_load_checkpoint`` resumes from (source probed): ``resume_from_path`` or the save folder."""
     if trainer_config.resume_mode == "resume_path":
         return os.path.abspath(trainer_config.resume_from_path)
-    return _save_folder(trainer_config, global_steps)
+    return _save_folder(trainer_config, step)
 
 
-def _hook_save_checkpoint(step_attribute: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def _hook_save_checkpoint(step_attribute: str) -> Make:
     """A ``_save_checkpoint`` hook that writes ⟨H⟩_ini into the step's folder first; the step is
     ``self.<step_attribute>`` (``global_steps``; the fully async trainer names its folders after
     ``current_param_version``)."""
 
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
-        def _save_checkpoint(self: Any) -> Any:
+        def _save_checkpoint(self: Any, *args: Any, **kwargs: Any) -> Any:
             if uses_gtpo_estimator(self.config):
                 # Written before verl records this step as the latest checkpoint, so a resume never misses it.
                 save_state(self.config.algorithm, _save_folder(self.config.trainer, getattr(self, step_attribute)))
-            return original(self)
+            return original(self, *args, **kwargs)
 
         return _save_checkpoint
 
     return make
 
 
-_hook_v1_save_checkpoint = _hook_save_checkpoint("global_steps")
-_hook_fully_async_save_checkpoint = _hook_save_checkpoint("current_param_version")
+def _hook_load_checkpoint(step_attribute: str) -> Make:
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        def _load_checkpoint(self: Any, *args: Any, **kwargs: Any) -> Any:
+            result = original(self, *args, **kwargs)
+            step = getattr(self, step_attribute)
+            if uses_gtpo_estimator(self.config) and step > 0:
+                load_state(self.config.algorithm, _step_folder(self.config.trainer, step))
+            return result
+
+        return _load_checkpoint
+
+    return make
 
 
-def _hook_v1_load_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _load_checkpoint(self: Any) -> Any:
-        result = original(self)
-        if uses_gtpo_estimator(self.config) and self.global_steps > 0:
-            load_state(self.config.algorithm, _step_folder(self.config.trainer, self.global_steps))
+def _hook_fully_async_load_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
+    async def load_checkpoint(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = await original(self, *args, **kwargs)
+        if uses_gtpo_estimator(self.config) and self.current_param_version > 0:
+            load_state(self.config.algorithm, _step_folder(self.config.trainer, self.current_param_version))
         return result
 
-    return _load_checkpoint
-
-
-def _hook_start_up_checks(original: Callable[..., Any]) -> Callable[..., Any]:
-    """``__init__`` of a trainer that sets ``self.config`` itself: the start-up checks, then verl's code."""
-    def __init__(self: Any, config: Any, *args: Any, **kwargs: Any) -> None:
-        check_trainer_config(config)
-        original(self, config, *args, **kwargs)
-
-    return __init__
-
-
-def _supplies_gtpo_inputs(trainer_class: type) -> bool:
-    """Whether ``trainer_class`` runs its advantage step through the hooked ``SeparateRayPPOTrainer`` method.
-
-    (An override of ``_compute_old_log_prob`` that calls verl's, as the fully async trainer's does, still
-    supplies the entropy; one that does not is caught by ``_fit_compute_advantage`` at the first step.)
-    """
-    return is_hooked(getattr(trainer_class, "_fit_compute_advantage", None))
-
-
-def _hook_legacy_init(original: Callable[..., Any]) -> Callable[..., Any]:
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        config = kwargs["config"] if "config" in kwargs else (args[0] if args else None)
-        if config is not None and uses_gtpo_estimator(config) and not _supplies_gtpo_inputs(type(self)):
-            raise ValueError(
-                f"algorithm.adv_estimator=gtpo does not run on {type(self).__name__}: the legacy trainer "
-                "(trainer.use_v1=false, deprecated) discards the old policy's per-token entropy that GTPO needs. "
-                f"Use {SUPPORTED_TRAINERS}."
-            )
-        if config is not None and (uses_gtpo_estimator(config) or uses_gtpo_loss(config)):
-            check_trainer_config(config)
-        original(self, *args, **kwargs)
-
-    return __init__
+    return load_checkpoint
 
 
 def _hook_separate_compute_old_log_prob(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _compute_old_log_prob(self: Any, batch: Any) -> Any:
-        old_log_prob, *rest = original(self, batch)
+    def _compute_old_log_prob(self: Any, *args: Any, **kwargs: Any) -> Any:
+        old_log_prob, *rest = original(self, *args, **kwargs)
         if uses_gtpo_estimator(self.config):
             # verl pops "entropys" before merging this into the batch; a second name keeps it there.
             old_log_prob.batch[OLD_ENTROPY] = old_log_prob.batch["entropys"]
@@ -306,9 +287,10 @@ def _hook_separate_compute_old_log_prob(original: Callable[..., Any]) -> Callabl
 
 
 def _hook_separate_fit_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
-    def _fit_compute_advantage(self: Any, batch: Any) -> Any:
+    def _fit_compute_advantage(self: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
         if not uses_gtpo_estimator(self.config):
-            return original(self, batch)
+            return original(self, batch, *args, **kwargs)
+        _ensure_start_up_checks(self, (*seam.CORE, "separation"))
         if OLD_ENTROPY not in batch.batch:
             raise RuntimeError(
                 f"adv_estimator 'gtpo' found no old-policy entropy in {type(self).__name__}'s batch: the old-log-prob "
@@ -316,19 +298,125 @@ def _hook_separate_fit_compute_advantage(original: Callable[..., Any]) -> Callab
                 "_fit_compute_log_prob/_compute_old_log_prob; GTPO needs it"
             )
         entropy = batch.batch.pop(OLD_ENTROPY)  # not sent on to the actor update
+        if seam.estimators_declare_batch_fields():  # verl hands the estimator its declared fields itself
+            batch.batch["entropy"] = entropy
+            batch = original(self, batch, *args, **kwargs)
+            batch.batch.pop("entropy")
+            self.metrics.update(batch.meta_info.pop("adv_estimator_metrics", {}))
+            return batch
         with gtpo_batch(batch.batch["responses"], entropy) as inputs:
-            batch = original(self, batch)
+            batch = original(self, batch, *args, **kwargs)
         self.metrics.update(inputs.metrics)
         return batch
 
     return _fit_compute_advantage
 
 
-def _hook_fully_async_load_checkpoint(original: Callable[..., Any]) -> Callable[..., Any]:
-    async def load_checkpoint(self: Any) -> Any:
-        result = await original(self)
-        if uses_gtpo_estimator(self.config) and self.current_param_version > 0:
-            load_state(self.config.algorithm, _step_folder(self.config.trainer, self.current_param_version))
-        return result
+@dataclass(frozen=True)
+class Hook:
+    """One verl function the plugin wraps (``make``) or only relies on (``make=None``), and its probes.
 
-    return load_checkpoint
+    ``owner`` is a dotted path inside the module ("" for the module itself); ``own``: defined on that
+    class, not inherited; ``leading``/``named``: parameters (:func:`.seam.parameters`); ``source``:
+    markers its source must hold. ``start_up`` hooks are installed even when the component's other probes fail.
+    """
+
+    component: str
+    owner: str
+    name: str
+    make: Make | None
+    leading: tuple[str, ...] = ("self",)
+    named: tuple[str, ...] = ()
+    own: bool = False
+    source: tuple[str, ...] = ()
+    start_up: bool = False
+    advantage_path: bool = False  # not needed when verl passes estimators their declared fields (upstream/)
+
+
+_V1_STEP_FOLDER = ('f"global_step_{self.global_steps}"', "default_local_dir")
+_RESUME = ("resume_from_path", "find_latest_ckpt_path")
+
+#: Everything the plugin touches in verl, per verl module; installed when that module is imported.
+SEAMS: dict[str, tuple[Hook, ...]] = {
+    "verl.trainer.ppo.ray_trainer": (
+        Hook("compute_advantage", "", "compute_advantage", _hook_compute_advantage,
+             leading=("data", "adv_estimator"), named=("config", "norm_adv_by_std_in_grpo"), advantage_path=True),
+        Hook("legacy", "RayPPOTrainer", "__init__", _hook_legacy_init, leading=("self", "config"), own=True,
+             start_up=True),
+    ),
+    "verl.trainer.ppo.v1.trainer_base": (
+        Hook("v1", "PPOTrainer", "__init__", _hook_start_up(V1, v1=True), leading=("self", "config"), own=True,
+             start_up=True),
+        Hook("v1", "PPOTrainer", "_compute_advantage", _hook_v1_compute_advantage,
+             leading=("self", "batch", "metrics"), own=True, advantage_path=True),
+        Hook("v1", "PPOTrainer", "_save_checkpoint", _hook_save_checkpoint("global_steps"), own=True,
+             source=_V1_STEP_FOLDER),
+        Hook("v1", "PPOTrainer", "_load_checkpoint", _hook_load_checkpoint("global_steps"), own=True, source=_RESUME),
+        Hook("v1", "", "compute_advantage_for_multi_trajectories", None, leading=("data", "batch_keys"),
+             source=('rsplit("_", 2)',)),
+        Hook("v1", "tq", "kv_batch_get", None, leading=(), named=("keys", "partition_id", "select_fields")),
+    ),
+    "verl.experimental.separation.ray_trainer": (
+        Hook("separation", "SeparateRayPPOTrainer", "_compute_old_log_prob", _hook_separate_compute_old_log_prob,
+             leading=("self", "batch")),  # RayPPOTrainer's, as are the checkpoint methods
+        Hook("separation", "SeparateRayPPOTrainer", "_fit_compute_advantage", _hook_separate_fit_compute_advantage,
+             leading=("self", "batch"), own=True),
+        Hook("separation", "SeparateRayPPOTrainer", "_save_checkpoint", _hook_save_checkpoint("global_steps"),
+             source=_V1_STEP_FOLDER),
+        Hook("separation", "SeparateRayPPOTrainer", "_load_checkpoint", _hook_load_checkpoint("global_steps"),
+             source=_RESUME),
+    ),
+    "verl.experimental.one_step_off_policy.ray_trainer": (
+        Hook("one_step_off", "OneStepOffRayTrainer", "__init__", _hook_start_up(ONE_STEP_OFF),
+             leading=("self", "config"), own=True, start_up=True),
+    ),
+    # FullyAsyncTrainer is a Ray actor class: when verl's module defined it, Ray copied every method into the
+    # subclass it runs (``__ray_metadata__.modified_class``, shipped by value to the actor's process, hooks
+    # included). Its copy of _fit_compute_advantage already wraps the hooked one unless the module was
+    # imported before the plugin.
+    "verl.experimental.fully_async_policy.fully_async_trainer": (
+        Hook("fully_async", "FullyAsyncTrainer.__ray_metadata__.modified_class", "__init__",
+             _hook_start_up(FULLY_ASYNC), leading=("self", "config"), start_up=True),
+        Hook("fully_async", "FullyAsyncTrainer.__ray_metadata__.modified_class", "_fit_compute_advantage",
+             _hook_separate_fit_compute_advantage, leading=("self", "batch")),
+        Hook("fully_async", "FullyAsyncTrainer.__ray_metadata__.modified_class", "_save_checkpoint",
+             _hook_save_checkpoint("current_param_version"),
+             source=('f"global_step_{self.current_param_version}"', "default_local_dir")),
+        Hook("fully_async", "FullyAsyncTrainer.__ray_metadata__.modified_class", "load_checkpoint",
+             _hook_fully_async_load_checkpoint, source=_RESUME),
+    ),
+}
+
+
+def _resolve(module: ModuleType, hook: Hook) -> tuple[Any, Any]:
+    """``(owner, verl's function)`` for ``hook`` in ``module``, probed; raises :class:`.seam.ProbeError`."""
+    owner: Any = module
+    path = module.__name__
+    for part in [part for part in hook.owner.split(".") if part]:
+        owner = seam.attribute(owner, part, f"{path}.{part}")
+        path = f"{path}.{part}"
+    qualname = f"{path}.{hook.name}"
+    function = seam.attribute(owner, hook.name, qualname, own=hook.own)
+    seam.parameters(function, qualname, hook.leading, hook.named)
+    if hook.source:
+        seam.source_mentions(function, qualname, hook.source)
+    return owner, function
+
+
+def install(module: ModuleType) -> None:
+    """Probe and hook ``module``, one of :data:`SEAMS` (it has just been imported); never raises."""
+    resolved: list[tuple[Hook, Any, Any]] = []
+    failed: dict[str, seam.ProbeError] = {}
+    for hook in SEAMS[module.__name__]:
+        try:
+            resolved.append((hook, *_resolve(module, hook)))
+        except seam.ProbeError as error:
+            failed.setdefault(hook.component, error)
+    for component, problem in failed.items():
+        seam.mark_unavailable(component, problem.attribute, problem.problem)
+    upstream = seam.estimators_declare_batch_fields()
+    for hook, owner, _ in resolved:
+        if hook.make is None or (hook.advantage_path and upstream):
+            continue
+        if hook.start_up or hook.component not in failed:
+            _wrap(owner, hook.name, hook.make)

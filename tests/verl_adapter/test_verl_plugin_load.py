@@ -33,7 +33,7 @@ from verl.experimental.fully_async_policy import fully_async_trainer
 from verl.experimental.one_step_off_policy.ray_trainer import OneStepOffRayTrainer
 from verl.experimental.separation.ray_trainer import SeparateRayPPOTrainer
 from verl.trainer.ppo import ray_trainer
-from verl.trainer.ppo.v1 import trainer_base, utils
+from verl.trainer.ppo.v1 import trainer_base
 
 assert get_adv_estimator_fn("gtpo") is estimator.compute_gtpo_outcome_advantage
 assert get_policy_loss_fn("gtpo") is policy_loss.compute_policy_loss_gtpo
@@ -57,7 +57,8 @@ hooks = {
 }
 missing = sorted(name for name, function in hooks.items() if not is_hooked(function))
 assert not missing, f"not hooked: {missing}"
-assert utils.compute_advantage is ray_trainer.compute_advantage, "v1.utils still calls verl's unhooked function"
+from gtpo_plugin.verl_adapter import seam
+assert not seam.reasons(seam.ALL), seam.reasons(seam.ALL)
 print("driver ok")
 """
 
@@ -149,13 +150,15 @@ def test_a_hook_registered_after_the_import_runs_at_once(module_dir):
     assert seen == [module]
 
 
-def test_a_failing_hook_fails_the_import_and_is_logged(module_dir, caplog):
+def test_a_failing_hook_is_logged_and_never_fails_the_import(module_dir, caplog):
     write_module(module_dir, "gtpo_hook_probe_c")
 
     def broken(module):
         raise RuntimeError("hook broke")
 
     import_hooks.when_imported("gtpo_hook_probe_c", broken)
-    with caplog.at_level(logging.ERROR, logger="gtpo_plugin"), pytest.raises(RuntimeError, match="hook broke"):
-        importlib.import_module("gtpo_hook_probe_c")
-    assert "which is therefore not imported" in caplog.text
+    with caplog.at_level(logging.ERROR, logger="gtpo_plugin"):
+        module = importlib.import_module("gtpo_hook_probe_c")
+        import_hooks.when_imported("gtpo_hook_probe_c", broken)  # registered after the import: runs at once
+    assert module.VALUE == 42
+    assert caplog.text.count("failed on gtpo_hook_probe_c; the module is left as it is") == 2

@@ -179,3 +179,32 @@ def test_registration_refuses_to_replace_another_loss_named_gtpo():
         POLICY_LOSS_REGISTRY["gtpo"] = mine
     policy_loss.register()  # registering the same function again is a no-op
     assert POLICY_LOSS_REGISTRY["gtpo"] is mine
+
+
+def direct_call(config):
+    data, flat = engine_batch(3)
+    old, mask = padded(data, "old_log_probs"), padded(data, "response_mask").bool()
+    return policy_loss.compute_policy_loss_gtpo(old, no_padding_2_padding(flat, data), padded(data, "advantages"),
+                                                mask, loss_agg_mode="token-mean", config=config)
+
+
+def test_batch_info_partly_filled_is_an_error_not_a_per_micro_batch_loss():
+    config = actor_config()
+    config.global_batch_info["dp_size"] = 2  # as if verl's engine had stopped setting the other two
+    with pytest.raises(ValueError, match=r"lacks \['batch_num_tokens', 'global_batch_size'\]"):
+        direct_call(config)
+
+
+def test_a_config_without_batch_info_is_an_error():
+    class Config:  # an actor config of a verl that dropped the field
+        clip_ratio, clip_ratio_low, clip_ratio_high = 0.2, None, None
+
+    with pytest.raises(ValueError, match="needs the actor config's global_batch_info"):
+        direct_call(Config())
+
+
+def test_verls_engine_fills_every_key_the_loss_requires():
+    config = actor_config()
+    data, flat = engine_batch(4, dp_size=2)
+    ppo_loss(config, {"log_probs": flat}, data)
+    assert set(policy_loss.GLOBAL_BATCH_KEYS) <= set(config.global_batch_info)

@@ -29,7 +29,7 @@ from tensordict import TensorDict  # noqa: E402
 from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 from transfer_queue import KVBatchMeta  # noqa: E402
 from verl import DataProto  # noqa: E402
-from verl.trainer.ppo.ray_trainer import RayPPOTrainer, compute_advantage  # noqa: E402
+from verl.trainer.ppo import ray_trainer  # noqa: E402  (by module: verl_changes.py renames its functions)
 from verl.trainer.ppo.utils import need_critic, need_reference_policy  # noqa: E402
 from verl.trainer.ppo.v1 import (  # noqa: E402
     PPOTrainer,
@@ -98,12 +98,37 @@ def test_start_up_completes_the_gtpo_section_so_the_logged_config_shows_it():
     ("+algorithm.gtpo.typo=1", "unknown key"),
     ("algorithm.rollout_correction.bypass_mode=true", "bypass_mode=true skips that pass"),
     ("algorithm.rollout_correction.rollout_rs=token_k1", "masks single tokens inside completions"),
+    ("algorithm.rollout_correction.rollout_rs='seq_mean_k1,seq_new_k1'",
+     r"allows only .*not \['seq_new_k1'\]"),
+    ("algorithm.use_pf_ppo=true", r"use_pf_ppo=true .* refused on verl's v1 trainer.*verl#7956"),
 ])
 @pytest.mark.parametrize("trainer", sorted(TRAINERS))
 def test_bad_settings_stop_every_v1_trainer_at_start_up(trainer, override, message):
     cls, extra = TRAINERS[trainer]
     with pytest.raises(ValueError, match=message):
         cls(verl_config(*extra, override))
+
+
+def test_sequence_level_rejection_sampling_is_allowed():
+    config = verl_config("algorithm.rollout_correction.rollout_rs='seq_mean_k3,seq_max_k2'",
+                         "algorithm.rollout_correction.rollout_rs_threshold=2.0")
+    PPOTrainerSync(config)
+
+
+def test_other_estimators_keep_pf_ppo_on_the_v1_trainer():
+    PPOTrainerSync(verl_config("algorithm.adv_estimator=gae", "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
+                               "algorithm.use_pf_ppo=true"))
+
+
+def test_a_subclass_that_skips_super_init_gets_the_start_up_checks_at_its_first_gtpo_step():
+    class Subclass(PPOTrainerSync):
+        def __init__(self, config):  # verl's __init__ (and with it the start-up hook) never runs
+            self.config = config
+
+    trainer = Subclass(verl_config("algorithm.rollout_correction.rollout_rs=token_k1"))
+    batch = KVBatchMeta(keys=["u_0_0"], tags=[{}], partition_id="train")
+    with pytest.raises(ValueError, match="masks single tokens inside completions"):
+        trainer._compute_advantage(batch, {})
 
 
 def test_a_kl_term_is_allowed_with_a_warning(caplog):
@@ -140,7 +165,7 @@ def test_other_estimators_start_untouched():
 
 def test_legacy_trainer_stops_with_gtpo_and_says_to_use_v1():
     with pytest.raises(ValueError, match=r"does not run on RayPPOTrainer.*Use verl.s v1 trainer \(trainer.use_v1=true"):
-        RayPPOTrainer(config=verl_config("trainer.use_v1=false"), tokenizer=None, role_worker_mapping={},
+        ray_trainer.RayPPOTrainer(config=verl_config("trainer.use_v1=false"), tokenizer=None, role_worker_mapping={},
                       resource_pool_manager=None)
 
 
@@ -304,8 +329,9 @@ def test_other_estimators_skip_the_hook(transfer_queue):
     trainer._compute_advantage(trainer._compute_old_log_prob(rollouts.put(), metrics), metrics)
     assert not METRIC_KEYS & set(metrics)
     responses, mask, rewards, entropy, uid = rollouts.padded()
-    grpo = compute_advantage(DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
-                                                 non_tensors={"uid": uid}), adv_estimator="grpo")
+    data = DataProto.from_dict(tensors={"token_level_rewards": rewards, "response_mask": mask},
+                               non_tensors={"uid": uid})
+    grpo = ray_trainer.compute_advantage(data, adv_estimator="grpo")
     torch.testing.assert_close(advantages_in_queue(rollouts.keys), grpo.batch["advantages"], rtol=0, atol=1e-6)
     tq.kv_clear(keys=rollouts.keys, partition_id="train")
 
@@ -315,6 +341,13 @@ def test_several_outputs_per_agent_session_are_refused():
     batch = KVBatchMeta(keys=["u_0_0", "u_0_1", "u_1_0"], tags=[{}, {}, {}], partition_id="train")
     with pytest.raises(NotImplementedError, match="one output per agent-loop session"):
         trainer._compute_advantage(batch, {})
+
+
+@pytest.mark.parametrize("key", ["u0", "u_0", "u_0_last"])
+def test_a_key_not_in_verls_session_format_is_refused_not_passed(key):
+    trainer = PPOTrainerSync(verl_config())
+    with pytest.raises(ValueError, match=r"is not verl's '\{uid\}_\{session_id\}_\{index\}'"):
+        trainer._compute_advantage(KVBatchMeta(keys=[key], tags=[{}], partition_id="train"), {})
 
 
 # ------------------------------------------------------------------------------------- checkpoint and resume
@@ -346,7 +379,7 @@ def measure_initial_entropy(algorithm) -> float:
     responses, mask, rewards, entropy, uid = Rollouts(seed=7).padded()
     data = DataProto.from_dict(tensors={"responses": responses, "response_mask": mask, "token_level_rewards": rewards,
                                         "entropy": entropy}, non_tensors={"uid": uid})
-    compute_advantage(data, adv_estimator="gtpo", config=algorithm)
+    ray_trainer.compute_advantage(data, adv_estimator="gtpo", config=algorithm)
     return mean_completion_entropy(entropy, mask)
 
 
