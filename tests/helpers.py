@@ -1,7 +1,7 @@
-"""What several test modules share: the names of the metrics GTPO logs.
+"""What several test modules share: the names of the metrics GTPO logs (verl-free).
 
-Stand-ins for verl's GPU workers and the TransferQueue fixture still live in
-``tests/verl_adapter/test_verl_trainers.py``, which the other verl_adapter tests import them from.
+The stand-ins for verl's GPU workers are in ``tests/verl_adapter/doubles.py`` and the TransferQueue
+fixture in ``tests/verl_adapter/conftest.py``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from verl.experimental.separation.ray_trainer import SeparateRayPPOTrainer  # no
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, compute_advantage  # noqa: E402
 from verl.trainer.ppo.utils import Role  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
-from verl_adapter.test_verl_trainers import CheckpointWorkers  # noqa: E402  (the checkpoint stand-in)
+from verl_adapter.doubles import CheckpointWorkers  # noqa: E402  (the checkpoint stand-in)
 
 from gtpo_plugin.verl_adapter.trainer_hooks import OLD_ENTROPY  # noqa: E402
 
@@ -99,7 +99,7 @@ class Completions:
     def padded(self):
         """``responses``, ``response_mask``, token-level rewards, ``entropy`` ``[B, L]`` and ``uid``.
 
-        The same as ``test_verl_trainers.pad_rows``, kept here on purpose: these completions are also sent to
+        The same as ``doubles.pad_rows``, kept here on purpose: these completions are also sent to
         a Ray actor, whose process cannot import the test modules."""
         width = max(len(row["response"]) for row in self.rows)
         pad = [width - len(row["response"]) for row in self.rows]

@@ -20,12 +20,11 @@ import transfer_queue as tq  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from verl import DataProto  # noqa: E402
 from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402
-from verl_adapter.test_verl_trainers import (  # noqa: E402  (helpers and the TransferQueue fixture)
+from verl_adapter.doubles import (  # noqa: E402  (the TransferQueue fixture is in conftest.py)
     TRAINERS,
     OldPolicyWorkers,
     Rollouts,
     advantages_in_queue,
-    transfer_queue,  # noqa: F401
     verl_config,
 )
 

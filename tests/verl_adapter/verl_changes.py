@@ -167,7 +167,7 @@ def grpo_advantage_step(method: str) -> None:
     import transfer_queue as tq
     from verl.trainer.ppo.core_algos import get_adv_estimator_fn
     from verl.trainer.ppo.v1 import PPOTrainerSync
-    from verl_adapter.test_verl_trainers import OldPolicyWorkers, Rollouts, advantages_in_queue, verl_config
+    from verl_adapter.doubles import OldPolicyWorkers, Rollouts, advantages_in_queue, verl_config
 
     trainer = PPOTrainerSync(verl_config("algorithm.adv_estimator=grpo",
                                          "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"))
@@ -186,7 +186,7 @@ def gtpo_trainer(kind: str):
     """Build the ``kind`` trainer of a GTPO run (README settings), as its main module builds it."""
     if kind == "v1":
         from verl.trainer.ppo.v1 import PPOTrainerSync
-        from verl_adapter.test_verl_trainers import verl_config
+        from verl_adapter.doubles import verl_config
 
         return PPOTrainerSync(verl_config())
     from verl_adapter.test_verl_experimental_trainers import build, trainer_config
@@ -199,7 +199,7 @@ def gtpo_advantage_step() -> dict:
     import torch
     import transfer_queue as tq
     from verl.trainer.ppo.v1 import PPOTrainerSync
-    from verl_adapter.test_verl_trainers import OldPolicyWorkers, Rollouts, advantages_in_queue, verl_config
+    from verl_adapter.doubles import OldPolicyWorkers, Rollouts, advantages_in_queue, verl_config
 
     from gtpo_plugin import compute_gtpo_advantage, mean_completion_entropy
 
