@@ -17,7 +17,9 @@ import sys
 import pytest
 
 pytest.importorskip("verl")
-from verl_adapter.verl_changes import SCENARIOS, TRAINER_MODULES  # noqa: E402
+from verl_adapter.verl_changes import SCENARIOS  # noqa: E402
+
+from gtpo_plugin.verl_adapter import TRAINER_MODULES  # noqa: E402
 
 RUNNER = os.path.join(os.path.dirname(__file__), "verl_changes.py")
 

@@ -10,10 +10,8 @@ Only the actor's GPU worker group is replaced, by :class:`OldPolicyWorkers`, a s
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import logging
-import os
 import sys
 import uuid
 
@@ -26,58 +24,18 @@ from gtpo_plugin import compute_gtpo_advantage, compute_gtpo_terms, gtpo_metrics
 
 verl = pytest.importorskip("verl")
 import ray  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from verl import DataProto  # noqa: E402
-from verl.experimental.fully_async_policy import fully_async_trainer  # noqa: E402
-from verl.experimental.one_step_off_policy.ray_trainer import OneStepOffRayTrainer  # noqa: E402
 from verl.experimental.separation.ray_trainer import SeparateRayPPOTrainer  # noqa: E402
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, compute_advantage  # noqa: E402
 from verl.trainer.ppo.utils import Role  # noqa: E402
 from verl.utils import tensordict_utils as tu  # noqa: E402
+from verl_adapter import torch_unpadding  # noqa: E402
 from verl_adapter.doubles import CheckpointWorkers  # noqa: E402  (the checkpoint stand-in)
+from verl_adapter.experimental_trainers import CONFIGS, FullyAsyncActor, build, trainer_config  # noqa: E402
+from verl_adapter.torch_unpadding import use_torch_unpadding_where_verl_needs_flash_attn  # noqa: E402
 
 from gtpo_plugin.verl_adapter.trainer_hooks import OLD_ENTROPY  # noqa: E402
-
-FullyAsyncActor = fully_async_trainer.FullyAsyncTrainer  # the Ray actor class verl's fully_async_main starts
-FullyAsyncTrainer = FullyAsyncActor.__ray_metadata__.modified_class  # the class Ray runs in the actor's process
-
-EXPERIMENTAL = os.path.join(os.path.dirname(verl.__file__), "experimental")
-CONFIGS = {  # trainer: (its config folder, its config name), as its main module composes it
-    "one_step_off": ("one_step_off_policy/config", "one_step_off_ppo_trainer"),
-    "fully_async": ("fully_async_policy/config", "fully_async_ppo_trainer"),
-}
-GTPO = [  # the README's settings for these trainers
-    "algorithm.adv_estimator=gtpo",
-    "actor_rollout_ref.actor.policy_loss.loss_mode=gtpo",
-    "actor_rollout_ref.actor.use_kl_loss=false",
-    "algorithm.use_kl_in_reward=false",
-    "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
-    "algorithm.rollout_correction.bypass_mode=false",  # both configs set true, which skips the entropy pass
-]
-SETUP = [  # what these trainers need on their own (their launch scripts set the same), and no wandb in tests
-    "actor_rollout_ref.hybrid_engine=false",
-    "actor_rollout_ref.rollout.n=2",
-    "data.train_batch_size=4",
-    "trainer.logger=[console]",
-]
-
-
-def trainer_config(trainer: str, *overrides: str, gtpo: bool = True):
-    """The trainer's own Hydra config (which extends verl's ppo_trainer), composed with overrides."""
-    folder, name = CONFIGS[trainer]
-    # one_step_off's config names verl's configs by a path relative to verl's source tree; point Hydra at the package
-    with initialize_config_dir(config_dir=os.path.join(EXPERIMENTAL, folder), version_base=None):
-        return compose(name, overrides=["hydra.searchpath=[pkg://verl.trainer.config]", *SETUP,
-                                        *(GTPO if gtpo else []), *overrides])
-
-
-def build(trainer: str, config):
-    """The trainer, built as its main module builds it (worker groups and datasets aside)."""
-    if trainer == "one_step_off":
-        return OneStepOffRayTrainer(config=config, tokenizer=None, role_worker_mapping={}, resource_pool_manager=None,
-                                    train_dataset=list(range(8)), val_dataset=list(range(2)))
-    return FullyAsyncTrainer(config=config, tokenizer=None, role_worker_mapping={}, resource_pool_manager=None)
 
 
 class Completions:
@@ -369,41 +327,6 @@ def test_fully_async_saves_and_restores_the_initial_entropy_per_parameter_versio
 # ---------------------------------------------------------------------------------- the fully async Ray actor
 
 
-def _unpad_input(hidden_states, attention_mask, unused_mask=None):
-    """Rows of ``hidden_states`` ``[B, S, ...]`` where the mask is 1, in row-major order, with flash-attn's
-    return layout (rows, their flat indices, cumulative lengths, longest length, used lengths)."""
-    mask = attention_mask if unused_mask is None else attention_mask + unused_mask
-    lengths = mask.sum(dim=-1, dtype=torch.int32)
-    indices = torch.nonzero(mask.flatten()).flatten()
-    cumulative = torch.nn.functional.pad(torch.cumsum(lengths, dim=0, dtype=torch.int32), (1, 0))
-    rows = hidden_states.reshape(-1, *hidden_states.shape[2:])[indices]
-    return rows, indices, cumulative, int(lengths.max()), attention_mask.sum(dim=-1, dtype=torch.int32)
-
-
-def _pad_input(rows, indices, batch, seqlen):
-    padded = rows.new_zeros(batch * seqlen, *rows.shape[1:])
-    padded[indices] = rows
-    return padded.view(batch, seqlen, *rows.shape[1:])
-
-
-def _rearrange(*args, **kwargs):
-    from einops import rearrange
-
-    return rearrange(*args, **kwargs)
-
-
-def use_torch_unpadding_where_verl_needs_flash_attn() -> None:
-    """verl 0.9.0 un-pads batches (``verl.workers.utils.padding.left_right_2_no_padding``) with flash-attn's
-    ``unpad_input`` and, unlike 0.9.1, has no CPU fallback; flash-attn is GPU-only. Only there, point verl's
-    dispatcher at the same arithmetic in plain torch (the functions above), in the calling process."""
-    if importlib.util.find_spec("flash_attn") is not None or verl.__version__ != "0.9.0":
-        return
-    from verl.utils import attention_utils
-
-    functions = (lambda rows, indices: rows[indices], _pad_input, _rearrange, _unpad_input)
-    attention_utils._get_attention_functions = lambda: functions
-
-
 @pytest.fixture(autouse=True)
 def torch_unpadding_on_verl_090(monkeypatch):
     from verl.utils import attention_utils
@@ -418,7 +341,8 @@ def local_ray():
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor cannot import this test module
+    for module in (sys.modules[__name__], torch_unpadding):  # the actor cannot import the test modules
+        ray.cloudpickle.register_pickle_by_value(module)
     yield
     if started:
         ray.shutdown()

@@ -114,14 +114,6 @@ SCENARIOS = {
         None, errors=0),
 }
 
-TRAINER_MODULES = (
-    "verl.trainer.ppo.ray_trainer",
-    "verl.trainer.ppo.v1.trainer_base",
-    "verl.experimental.separation.ray_trainer",
-    "verl.experimental.one_step_off_policy.ray_trainer",
-    "verl.experimental.fully_async_policy.fully_async_trainer",
-)
-
 
 def installed_verl() -> str:
     """The installed verl package's folder, found without importing it."""
@@ -189,7 +181,7 @@ def gtpo_trainer(kind: str):
         from verl_adapter.doubles import verl_config
 
         return PPOTrainerSync(verl_config())
-    from verl_adapter.test_verl_experimental_trainers import build, trainer_config
+    from verl_adapter.experimental_trainers import build, trainer_config
 
     return build(kind, trainer_config(kind))
 
@@ -239,6 +231,8 @@ def check(scenario: Scenario, copy: str, ray_address: str) -> dict:
 
     result["verl_file"] = verl.__file__
     result["verl_version"] = verl.__version__
+    from gtpo_plugin.verl_adapter import TRAINER_MODULES  # verl's trainer modules the plugin hooks
+
     for name in TRAINER_MODULES:
         try:
             importlib.import_module(name)
