@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.newest_verl  # runs pytest with verl made unimportable
+
 MODULE_LEVEL = """
     import sys
     import pytest

@@ -1,14 +1,17 @@
-"""The checks inside the CI scripts: the wheel-contents check and the with/without-plugin comparison."""
+"""The checks inside the CI scripts: the wheel-contents check, the with/without-plugin comparison, and which
+modules the verl 0.9.0 run leaves out."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import zipfile
 from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
 
 
 def load_script(name: str):
@@ -102,3 +105,13 @@ def test_junit_reports_are_read_case_by_case(tmp_path):
     assert verl_own_tests.read_junit(report) == {
         "tests.a::t1": "passed", "tests.a::t2": "failed", "tests.a::t3": "error", "tests.b::t4": "skipped",
     }
+
+
+def test_the_modules_left_out_on_verl_090_are_the_ones_the_docs_list_with_a_reason():
+    marked = {path.relative_to(REPO).as_posix() for path in (REPO / "tests").rglob("test_*.py")
+              if re.search(r"^pytestmark = .*pytest\.mark\.newest_verl|^    pytest\.mark\.newest_verl,",
+                           path.read_text(), flags=re.MULTILINE)}
+    table = (REPO / "docs" / "development.md").read_text().split("The modules marked `newest_verl`")[1]
+    listed = set(re.findall(r"`(tests/[\w/]+\.py)`", table.split("\n## ")[0]))
+    assert marked == listed and len(marked) == 6
+    assert 'pytest -q -m "not newest_verl"' in (REPO / ".ci" / "run").read_text()
