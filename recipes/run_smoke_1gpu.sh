@@ -72,8 +72,12 @@ SMOKE_ARGS=(
     trainer.val_before_train=false
     "trainer.logger=[console,file]"
     actor_rollout_ref.rollout.enforce_eager=true
-    actor_rollout_ref.rollout.agent.num_workers=1  # one agent-loop worker and one reward worker: quick start-up
+    # one agent-loop worker, one reward worker, one TransferQueue storage unit and no data-loader worker
+    # processes (verl's defaults: 8 of each) for a quick start-up; the batches are tiny
+    actor_rollout_ref.rollout.agent.num_workers=1
     reward.num_workers=1
+    transfer_queue.backend.SimpleStorage.num_data_storage_units=1
+    data.dataloader_num_workers=0
 )
 
 # 3. Per arm: the first run (from scratch), then the run resumed from its step-2 checkpoint.
