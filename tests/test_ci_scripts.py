@@ -109,9 +109,8 @@ def test_junit_reports_are_read_case_by_case(tmp_path):
 
 def test_the_modules_left_out_on_verl_090_are_the_ones_the_docs_list_with_a_reason():
     marked = {path.relative_to(REPO).as_posix() for path in (REPO / "tests").rglob("test_*.py")
-              if re.search(r"^pytestmark = .*pytest\.mark\.newest_verl|^    pytest\.mark\.newest_verl,",
-                           path.read_text(), flags=re.MULTILINE)}
+              if "pytest.mark.newest_verl" in path.read_text() and path.name != "test_ci_scripts.py"}
     table = (REPO / "docs" / "development.md").read_text().split("The modules marked `newest_verl`")[1]
     listed = set(re.findall(r"`(tests/[\w/]+\.py)`", table.split("\n## ")[0]))
-    assert marked == listed and len(marked) == 6
+    assert marked == listed and len(marked) == 7
     assert 'pytest -q -m "not newest_verl"' in (REPO / ".ci" / "run").read_text()
