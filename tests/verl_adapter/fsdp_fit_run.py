@@ -12,13 +12,15 @@ overrides below, nothing else: verl's ``main`` validates the config and calls ``
 ``TaskRunnerV1`` actor: TransferQueue, the trainer's ``init()`` with its resource pools, Ray worker groups,
 reward loop, LLM server replicas and checkpoint engine, the agent-loop manager, ``fit()``, the file logger).
 What stands in, each loaded in every Ray process by verl's ``VERL_USE_EXTERNAL_MODULES``:
-- the GPU: ``cpu_platform`` (``VERL_PLATFORM=cpu``: device ``cpu``, gloo, Ray's CPU resource, verl's FSDP
-  engine registered for ``cpu``; on verl 0.9.0 flash-attn's un-padding in torch, ``torch_unpadding``);
+- the GPU: ``cpu_platform`` (``VERL_PLATFORM=cpu``: device ``cpu``, gloo, Ray's logical GPU as the worker's
+  slot, verl's FSDP engine registered for ``cpu``; on verl 0.9.0 flash-attn's un-padding in torch,
+  ``torch_unpadding``);
 - vLLM: ``hf_rollout``, the rollout ``hf`` (``actor_rollout_ref.rollout.name=hf``): a ``transformers`` server
   per replica, fed the actor's weights by verl's naive checkpoint engine.
 The settings a CPU cannot take are overridden: FSDP2 (FSDP1's ``sync_module_states`` needs a GPU) and ``sdpa``
 attention instead of flash-attn's; Ray gets 16 logical CPUs (TransferQueue's storage units, the agent-loop
-and reward workers each reserve one) and no dashboard. The recipes' packed layout
+and reward workers each reserve one), one logical GPU (no device behind it: verl's resource pools count and
+reserve GPUs) and no dashboard; Hydra writes its run folder next to the metrics. The recipes' packed layout
 (``use_remove_padding=true``) stays. With ``--device cuda`` the platform is verl's own CUDA one and only
 ``sdpa``, the ``hf`` rollout and Ray's dashboard are changed (no flash-attn nor vLLM there): FSDP as the
 recipe sets it, bf16, the packed layout; the rollout server generates on the GPU.
