@@ -11,8 +11,9 @@
 #
 # On the GPU, in this order, each step under its own time limit so that what ran comes back:
 #   1. install the bundle (Python's tarfile) and check the machine's packages against what it leaves to them;
-#   2. verl's fit() on CUDA (tests/verl_adapter/fsdp_fit_run.py --device cuda: FSDP, bf16 autocast,
-#      use_remove_padding=true, attn_implementation=sdpa, the transformers rollout server of the CPU tests),
+#   2. verl's own main_ppo start-up and fit() on CUDA (tests/verl_adapter/fsdp_fit_run.py --device cuda: FSDP,
+#      bf16 autocast, use_remove_padding=true, attn_implementation=sdpa, the transformers rollout hf of the CPU
+#      tests),
 #      for GTPO, GRPO without KL and GRPO with its reference model: 3 steps with a checkpoint at step 2, then a
 #      run resumed from it;
 #   3. the smoke report (python -m gtpo_plugin.smoke check): every gtpo/* key finite, <H>_ini kept on resume,

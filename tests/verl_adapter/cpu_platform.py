@@ -3,23 +3,33 @@
 verl picks its device through ``verl.plugin.platform`` (``VERL_PLATFORM`` overrides the detection) and
 registers its FSDP engine for ``cuda`` and ``npu`` only. This module stands in for the GPU and nothing else:
 it registers a platform named ``cpu`` (device ``cpu``, collective backend ``gloo``, memory queries answering
-0) and verl's own ``FSDPEngineWithLMHead`` for that device, offloading without pinned memory. Import it in a
-fresh process whose environment has ``VERL_PLATFORM=cpu`` before verl reads its platform (verl caches it on
-first use); ``start_single_process_group`` then stands in for the one-rank process group of a one-GPU job.
+0, a worker's slot one of Ray's logical GPUs) and verl's own ``FSDPEngineWithLMHead`` for that device,
+offloading without pinned memory. Import it in a process whose environment has ``VERL_PLATFORM=cpu`` before
+verl reads its platform (verl caches it on first use): in a run of verl's own start-up, every Ray process
+imports it through verl's ``VERL_USE_EXTERNAL_MODULES=cpu_platform``.
+
+Where verl starts a worker's process group (``initialize_global_process_group_ray``, the first thing a
+``TrainingWorker`` does), verl would ask torch for ``cpu:gloo,cpu:gloo`` on this platform, which torch
+refuses: on the ``cpu`` platform only, it becomes plain ``gloo``, and the worker's process registers the FSDP
+engine for ``cpu`` (and, on verl 0.9.0, flash-attn's un-padding in torch, ``torch_unpadding``) there.
+Tests that run a worker in their own process call ``start_single_process_group`` instead, the one-rank
+process group of a one-GPU job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from verl.plugin.platform.platform_base import PlatformBase
 from verl.plugin.platform.platform_manager import PlatformRegistry
+from verl.utils import distributed
 
 ZERO_MEMORY = frozenset({"memory_allocated", "max_memory_allocated", "memory_reserved", "max_memory_reserved"})
 NO_OP = frozenset({"empty_cache", "reset_peak_memory_stats", "ipc_collect", "set_device", "manual_seed",
@@ -104,7 +114,7 @@ class PlatformCPU(PlatformBase):
         pass
 
     def ray_resource_name(self) -> str:
-        return "CPU"
+        return "GPU"  # Ray's logical GPUs (ray.init(num_gpus=N), no device behind them): the slots verl reserves
 
     def ray_noset_envvars(self) -> list[str]:
         return []
@@ -116,8 +126,9 @@ class PlatformCPU(PlatformBase):
         return None
 
 
+@functools.cache
 def register_fsdp_engine_for_cpu() -> None:
-    """Register verl's own FSDP language-model engine for the ``cpu`` device (verl lists cuda and npu).
+    """Register verl's own FSDP language-model engine for the ``cpu`` device (verl lists cuda and npu), once.
 
     The engine offloads a forward-only model (the reference model) with FSDP2's ``CPUOffloadPolicy`` in
     pinned memory; pinning needs an accelerator, so here the policy is built unpinned (the parameters stay
@@ -138,19 +149,36 @@ def register_fsdp_engine_for_cpu() -> None:
         FSDPEngineWithLMHead)
 
 
-def start_single_process_group(device: str = "cpu") -> None:
-    """torch.distributed with one rank, as a Ray worker of a one-GPU job has it: gloo on CPU (verl's own
-    initialisation would ask for ``cpu:gloo,cpu:gloo``, which torch refuses), verl's ``cpu:gloo,cuda:nccl``
-    on a GPU."""
+def _start_worker_on_cpu(start: Callable[..., Any]) -> Callable[..., Any]:
+    """verl's ``initialize_global_process_group_ray``: where it starts a Ray worker's process group on the
+    ``cpu`` platform, plain gloo and the worker's CPU stand-ins (the FSDP engine for ``cpu``; torch's
+    un-padding on verl 0.9.0). A process that started its own group keeps its own stand-ins."""
+
+    @functools.wraps(start)
+    def start_on_cpu(timeout_second: int | None = None, backend: str | None = None) -> Any:
+        from verl.plugin.platform import get_platform
+
+        if get_platform().device_name != "cpu" or torch.distributed.is_initialized():
+            return start(timeout_second=timeout_second, backend=backend)
+        from torch_unpadding import use_torch_unpadding_where_verl_needs_flash_attn
+
+        register_fsdp_engine_for_cpu()
+        use_torch_unpadding_where_verl_needs_flash_attn()
+        return start(timeout_second=timeout_second, backend="gloo")
+
+    return start_on_cpu
+
+
+def start_single_process_group() -> None:
+    """torch.distributed with one rank and gloo, as a Ray worker of a one-GPU job has it (in a test that runs
+    the worker in its own process)."""
     import torch.distributed as dist
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if device == "cuda":
-        torch.cuda.set_device(0)
-    dist.init_process_group("gloo" if device == "cpu" else "cpu:gloo,cuda:nccl", rank=0, world_size=1)
+    dist.init_process_group("gloo", rank=0, world_size=1)
 
 
 def full_weights(worker: Any) -> dict[str, torch.Tensor]:
@@ -160,17 +188,5 @@ def full_weights(worker: Any) -> dict[str, torch.Tensor]:
             for name, value in module.state_dict().items()}
 
 
-class OneRankWorkerGroup:
-    """Stands in for a ``RayWorkerGroup`` of one rank: methods go straight to the worker in this process (its
-    ``@register`` wrappers, TransferQueue bridge included, still run); dispatch info is the list of ranks'."""
-
-    def __init__(self, worker: Any):
-        self.worker = worker
-        self.world_size = 1
-        self._dispatch_info: dict[str, list[int]] = {}
-
-    def _query_dispatch_info(self, mesh_name: str) -> list[int]:
-        return [self.worker._query_dispatch_info(mesh_name)]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.worker, name)
+# verl's workers import the function by name (verl.workers.engine_workers): replaced before they do
+distributed.initialize_global_process_group_ray = _start_worker_on_cpu(distributed.initialize_global_process_group_ray)

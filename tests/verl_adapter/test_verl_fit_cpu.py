@@ -1,15 +1,26 @@
-"""The smoke recipe through verl's real ``fit()`` on CPU: its resolved configs, its checks, its table.
+"""The smoke recipe through verl's own ``main_ppo`` start-up and ``fit()`` on CPU: its resolved configs, its
+checks, its table, and what fit's own logger wrote.
 
 ``DRY_RUN=1 bash recipes/run_smoke_1gpu.sh`` builds the tiny model and the parquet data and prints the six
-configs (three arms, first and resumed runs); ``fsdp_fit_run.py`` (see its docstring for what stands in for
-the GPU and vLLM) trains each of them with verl's trainer, in the order the recipe launches them; then the
-recipe's own final step, ``python -m gtpo_plugin.smoke check``, must pass. To keep the suite's time, the
-recipe is given smaller batches on its command line (2 prompts x 4 completions a step instead of 8 x 8), as
-a user may; every other setting is the recipe's. About 7 minutes on 2 cores.
+configs (three arms, first and resumed runs); ``fsdp_fit_run.py`` runs ``verl.trainer.main_ppo`` on each of
+them, in the order the recipe launches them, unmodified: Hydra, ``validate_config``, ``run_ppo``'s
+``ray.init`` and ``TaskRunnerV1``, the trainer's ``init()`` (Ray worker groups, reward loop, LLM server
+replicas, checkpoint engine, checkpoint loading), ``fit()``. Then the recipe's own final step,
+``python -m gtpo_plugin.smoke check``, must pass. What stands in, because there is no GPU (loaded in every
+Ray process through verl's ``VERL_USE_EXTERNAL_MODULES``; see ``fsdp_fit_run.py`` for the overrides):
+- the platform: ``cpu_platform`` (verl's platform ``cpu``: device ``cpu``, gloo, Ray's logical GPU as the
+  worker's slot, verl's FSDP engine registered for ``cpu``; on verl 0.9.0 ``torch_unpadding``);
+- the rollout server: ``hf_rollout``, verl's rollout ``hf``: ``transformers``' ``generate`` behind vLLM's
+  ``generate`` signature, fed the actor's weights by verl's naive checkpoint engine.
+To keep the suite's time, the recipe is given, on its command line as a user may, smaller batches (2
+prompts x 4 completions a step instead of 8 x 8), one TransferQueue storage unit instead of 8 and no
+dataloader worker processes; every other setting is the recipe's. About 7 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -18,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import METRIC_KEYS
 
 pytest.importorskip("verl")
 transformers = pytest.importorskip("transformers")
@@ -30,8 +42,9 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the recipe
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("fsdp_fit_run.py")
 ARMS = ("gtpo", "grpo_no_kl", "grpo")
-SMALLER_BATCHES = ("data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-                   "actor_rollout_ref.rollout.n=4")
+LIGHTER_ON_CPU = ("data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+                  "actor_rollout_ref.rollout.n=4", "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+                  "data.dataloader_num_workers=0")
 TIMEOUT_S = 900
 
 
@@ -45,7 +58,7 @@ def recipe_env(**variables: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("smoke_fit") / "smoke_run"
-    dry_run = subprocess.run(["bash", str(REPO / "recipes" / "run_smoke_1gpu.sh"), *SMALLER_BATCHES],
+    dry_run = subprocess.run(["bash", str(REPO / "recipes" / "run_smoke_1gpu.sh"), *LIGHTER_ON_CPU],
                              # verl's plugin loading cannot change a printed config; off, it saves CPU
                              env=recipe_env(SMOKE_DIR=str(root), DRY_RUN="1", VERL_USE_EXTERNAL_PLUGINS="none"),
                              capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -53,7 +66,7 @@ def smoke_dir(tmp_path_factory) -> Path:
     for arm in ARMS:
         for run in ("first", "resumed"):
             result = subprocess.run([sys.executable, str(RUNNER), str(root / "configs" / f"{arm}_{run}.yaml")],
-                                    env=recipe_env(VERL_PLATFORM="cpu"), capture_output=True, text=True,
+                                    env=recipe_env(), capture_output=True, text=True,
                                     timeout=TIMEOUT_S)
             assert result.returncode == 0, f"{arm} {run}:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return root
@@ -126,3 +139,14 @@ def test_the_resumed_gtpo_run_restored_its_state_before_training(smoke_dir):
     assert resumed[3]["gtpo/initial_entropy"] == first[1]["gtpo/initial_entropy"]
     # ... which differs from the entropy the resumed run's own first batch has
     assert resumed[3]["gtpo/mean_completion_entropy"] != resumed[3]["gtpo/initial_entropy"]
+
+
+def test_fits_own_logger_wrote_one_record_a_step_with_every_gtpo_metric_finite(smoke_dir):
+    # verl's file logger writes what fit()'s self.logger.log passes it, one JSON line per call
+    for run, steps in (("first", [1, 2, 3]), ("resumed", [3])):
+        lines = (smoke_dir / "runs" / "gtpo" / run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        assert [record["step"] for record in records] == steps, run
+        for record in records:
+            values = {key: record["data"].get(key) for key in METRIC_KEYS}
+            assert all(isinstance(value, float) and math.isfinite(value) for value in values.values()), values

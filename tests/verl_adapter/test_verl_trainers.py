@@ -31,9 +31,7 @@ from verl.trainer.ppo.v1 import (  # noqa: E402
     PPOTrainer,
     PPOTrainerSync,
 )
-from verl.trainer.ppo.v1.utils import MetricsAggregator  # noqa: E402
 from verl.utils.config import validate_config  # noqa: E402
-from verl.utils.tracking import Tracking  # noqa: E402
 from verl_adapter.doubles import (  # noqa: E402
     TRAINERS,
     CheckpointWorkers,
@@ -169,26 +167,6 @@ def test_v1_advantage_stage_gives_gtpo_its_fields_and_logs_its_metrics(transfer_
     terms = compute_gtpo_terms(rewards, mask, responses, uid, entropy, initial_entropy=measured)
     assert {key: metrics[key] for key in METRIC_KEYS} == pytest.approx(gtpo_metrics(terms))
     tq.kv_clear(keys=rollouts.keys, partition_id="train")
-
-
-def test_gtpo_metrics_reach_verls_logger_once_per_step(transfer_queue, capsys):
-    # One step of a trainer with parameter_sync_step = 2: two advantage stages, metrics aggregated by verl's
-    # MetricsAggregator (PPOTrainer.step), then one Tracking.log call (PPOTrainer.fit) to the chosen backends.
-    config = verl_config()
-    trainer = PPOTrainerSync(config)
-    aggregator = MetricsAggregator()
-    for seed in (1, 2):
-        rollouts = Rollouts(seed)
-        trainer.actor_rollout_wg = OldPolicyWorkers(rollouts)
-        metrics: dict = {}
-        trainer._compute_advantage(trainer._compute_old_log_prob(rollouts.put(), metrics), metrics)
-        aggregator.add_step_metrics(metrics, sample_count=len(rollouts.keys))
-        tq.kv_clear(keys=rollouts.keys, partition_id="train")
-    step_metrics = aggregator.get_aggregated_metrics()
-    assert set(step_metrics) >= METRIC_KEYS
-    Tracking(project_name="gtpo", experiment_name="test", default_backend=["console"]).log(step_metrics, step=1)
-    printed = capsys.readouterr().out
-    assert all(printed.count(key) == 1 for key in METRIC_KEYS)
 
 
 def test_other_estimators_skip_the_hook(transfer_queue):
