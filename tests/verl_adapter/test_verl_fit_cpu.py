@@ -13,8 +13,9 @@ Ray process through verl's ``VERL_USE_EXTERNAL_MODULES``; see ``fsdp_fit_run.py`
 - the rollout server: ``hf_rollout``, verl's rollout ``hf``: ``transformers``' ``generate`` behind vLLM's
   ``generate`` signature, fed the actor's weights by verl's naive checkpoint engine.
 To keep the suite's time, the recipe is given, on its command line as a user may, smaller batches (2
-prompts x 4 completions a step instead of 8 x 8), one TransferQueue storage unit instead of 8 and no
-dataloader worker processes; every other setting is the recipe's. About 7 minutes on 2 cores.
+prompts x 4 completions a step instead of 8 x 8); every other setting is the recipe's. Each run takes about
+2 minutes on 2 cores, most of it start-up, so on verl 0.9.0 only the GTPO arm runs (``ARMS=gtpo``, as a user
+may too); its GRPO twins run on 0.9.1 (docs/development.md#ci).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import pytest
 import torch
 from helpers import METRIC_KEYS
 
-pytest.importorskip("verl")
+verl = pytest.importorskip("verl")
 transformers = pytest.importorskip("transformers")
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -41,11 +42,16 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the recipe
 
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = Path(__file__).with_name("fsdp_fit_run.py")
-ARMS = ("gtpo", "grpo_no_kl", "grpo")
-LIGHTER_ON_CPU = ("data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-                  "actor_rollout_ref.rollout.n=4", "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
-                  "data.dataloader_num_workers=0")
+ARMS = ("gtpo",) if verl.__version__ == "0.9.0" else ("gtpo", "grpo_no_kl", "grpo")
+SMALLER_BATCHES = ("data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+                   "actor_rollout_ref.rollout.n=4")
 TIMEOUT_S = 900
+
+
+def grpo_twins(test):
+    """A test of the GRPO twins' runs: marked ``newest_verl``, and skipped where they do not run."""
+    skip = pytest.mark.skipif(ARMS == ("gtpo",), reason="the GRPO twins' fit() runs on verl 0.9.1 only (CI time)")
+    return pytest.mark.newest_verl(skip(test))
 
 
 def recipe_env(**variables: str) -> dict[str, str]:
@@ -58,9 +64,10 @@ def recipe_env(**variables: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def smoke_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("smoke_fit") / "smoke_run"
-    dry_run = subprocess.run(["bash", str(REPO / "recipes" / "run_smoke_1gpu.sh"), *LIGHTER_ON_CPU],
+    dry_run = subprocess.run(["bash", str(REPO / "recipes" / "run_smoke_1gpu.sh"), *SMALLER_BATCHES],
                              # verl's plugin loading cannot change a printed config; off, it saves CPU
-                             env=recipe_env(SMOKE_DIR=str(root), DRY_RUN="1", VERL_USE_EXTERNAL_PLUGINS="none"),
+                             env=recipe_env(SMOKE_DIR=str(root), DRY_RUN="1", ARMS=" ".join(ARMS),
+                                            VERL_USE_EXTERNAL_PLUGINS="none"),
                              capture_output=True, text=True, timeout=TIMEOUT_S)
     assert dry_run.returncode == 0, dry_run.stderr[-4000:]
     for arm in ARMS:
@@ -109,6 +116,7 @@ def actor_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return {name: value.to_local() if hasattr(value, "to_local") else value for name, value in state.items()}
 
 
+@grpo_twins
 def test_grpo_without_kl_changed_the_weights_by_weight_decay_only(smoke_dir):
     # A zero gradient leaves AdamW only its decoupled decay, p <- p * (1 - lr * weight_decay) in fp32, once
     # a step. At the recipe's lr 1e-6 and decay 0.01 the factor rounds to 1 in fp32, so the weights stay the
@@ -126,6 +134,7 @@ def test_grpo_without_kl_changed_the_weights_by_weight_decay_only(smoke_dir):
         torch.testing.assert_close(weights, expected, rtol=0, atol=0, msg=name)
 
 
+@grpo_twins
 def test_only_the_grpo_twin_with_a_reference_model_has_a_kl_term_and_it_starts_at_0(smoke_dir):
     assert logged_steps(smoke_dir, "grpo", "first")[1]["actor/kl_loss"] == pytest.approx(0, abs=1e-6)
     assert not any("kl_loss" in key for key in logged_steps(smoke_dir, "grpo_no_kl", "first")[1])
