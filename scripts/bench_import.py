@@ -7,7 +7,8 @@ Usage:
 Each scenario runs three ways, in turn, so that all see the same machine: with the plugin (verl's default,
 ``VERL_USE_EXTERNAL_PLUGINS=auto``), without any plugin (``none``), and with verl scanning the installed
 packages' entry points but loading none of them (``VERL_USE_EXTERNAL_PLUGINS=no-such-plugin``: what
-``import verl`` costs with any plugin installed, before loading it). The table gives the median wall time of
+``import verl`` costs with any plugin installed, before loading it). The mode that opens a round rotates, so
+that none always runs first. The table gives the median wall time of
 each and the medians of the paired differences and ratios. The scenarios:
 
 - ``worker: import verl``: what every Ray worker pays at least;
@@ -43,13 +44,15 @@ def wall_time(code: str, plugins: str) -> float:
 
 
 def measure(code: str, runs: int) -> dict[str, float]:
-    """Medians over ``runs`` rounds (plugin, no plugin, scan only), after one warm-up round."""
+    """Medians over ``runs`` rounds of the three modes, after one warm-up round; each round starts one later."""
     samples: dict[str, list[float]] = {"auto": [], "none": [], SCAN_ONLY: []}
+    modes = list(samples)
     for round_ in range(runs + 1):
-        for plugins, times in samples.items():
+        shift = round_ % len(modes)
+        for plugins in modes[shift:] + modes[:shift]:
             seconds = wall_time(code, plugins)
             if round_:
-                times.append(seconds)
+                samples[plugins].append(seconds)
     with_plugin, without, scan = samples["auto"], samples["none"], samples[SCAN_ONLY]
     return {
         "with": statistics.median(with_plugin),

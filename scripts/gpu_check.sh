@@ -14,19 +14,21 @@
 #   2. verl's own main_ppo start-up and fit() on CUDA (tests/verl_adapter/fsdp_fit_run.py --device cuda: FSDP,
 #      bf16 autocast, use_remove_padding=true, attn_implementation=sdpa, the transformers rollout hf of the CPU
 #      tests),
-#      for GTPO, GRPO without KL and GRPO with its reference model: 3 steps with a checkpoint at step 2, then a
-#      run resumed from it;
+#      for GTPO, GRPO without KL and GRPO with its reference model: 3 steps with a checkpoint at step 2 (the
+#      three arms one after the other), then a run resumed from it (the three side by side);
 #   3. the smoke report (python -m gtpo_plugin.smoke check): every gtpo/* key finite, <H>_ini kept on resume,
 #      and the table of step time and peak GPU memory per arm;
 #   4. scripts/bench_core.py --device cuda;  5. one gtpo-demo --device cuda.
 # Outputs (logs, metrics, table.md, bench.txt, demo/) go to $OUT (the device tool's folder) or ./gpu_check_out.
-# The plan fits 8 minutes of device time; the vLLM variant (about 4 calls) is described in docs/gpu-check.md.
+# The plan aims at 8 minutes of device time (unmeasured there); the vLLM variant (about 4 calls) is described
+# in docs/gpu-check.md.
 set -euo pipefail
 
 REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUNDLE=${BUNDLE:-$REPO_DIR/build/gpu_bundle}
 PYTHON=${PYTHON:-python3}
-TARGET=/tmp/gtpo-gpu-check  # gpu_bundle.SMOKE_DIR's parent: the configs name paths under it
+# gpu_bundle.SMOKE_DIR's parent, where the configs name their paths (only tests/test_gpu_check_flow.py moves it)
+TARGET=${GTPO_GPU_CHECK_TARGET:-/tmp/gtpo-gpu-check}
 ARMS=(gtpo grpo_no_kl grpo)
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
@@ -63,19 +65,34 @@ SMOKE_DIR=$TARGET/smoke_run
 "$PYTHON" -c "import verl, ray, transformers, transfer_queue; print('verl', verl.__version__, 'ray', ray.__version__, 'transformers', transformers.__version__)"
 
 status=0
+fit() {  # fit ARM RUN: one main_ppo run under its time limit; its log and metrics.jsonl go to $OUT/logs
+    local arm=$1 run=$2 rc=0
+    mkdir -p "$SMOKE_DIR/runs/$arm/$run"
+    [[ $run == first ]] && rm -rf "${SMOKE_DIR:?}/runs/$arm/first"/*
+    timeout 150 "$PYTHON" "$REPO_DIR/tests/verl_adapter/fsdp_fit_run.py" --device cuda \
+        "$SMOKE_DIR/configs/${arm}_$run.yaml" > "$OUT/logs/${arm}_$run.log" 2>&1 || rc=$?
+    cp "$SMOKE_DIR/runs/$arm/$run/metrics.jsonl" "$OUT/logs/${arm}_$run.metrics.jsonl" 2>/dev/null || true
+    return $rc
+}
+failed() {  # failed ARM RUN EXIT_STATUS
+    echo "FAILED (exit $3): $1 $2 (tail of $OUT/logs/${1}_$2.log):"
+    tail -n 40 "$OUT/logs/${1}_$2.log"
+    status=1
+}
+# The first runs one at a time: their step times make the table. The resumed runs (the resume itself and
+# <H>_ini kept) side by side, each in its own Ray instance: peak GPU memory is counted per process.
 for arm in "${ARMS[@]}"; do
-    for run in first resumed; do
-        step "fit: $arm $run"
-        mkdir -p "$SMOKE_DIR/runs/$arm/$run"
-        [[ $run == first ]] && rm -rf "$SMOKE_DIR/runs/$arm/first"/*
-        if ! timeout 150 "$PYTHON" "$REPO_DIR/tests/verl_adapter/fsdp_fit_run.py" --device cuda \
-                "$SMOKE_DIR/configs/${arm}_$run.yaml" > "$OUT/logs/${arm}_$run.log" 2>&1; then
-            echo "FAILED: $arm $run (tail of $OUT/logs/${arm}_$run.log):"
-            tail -n 40 "$OUT/logs/${arm}_$run.log"
-            status=1
-        fi
-        cp "$SMOKE_DIR/runs/$arm/$run/metrics.jsonl" "$OUT/logs/${arm}_$run.metrics.jsonl" 2>/dev/null || true
-    done
+    step "fit: $arm first"
+    fit "$arm" first || failed "$arm" first $?
+done
+step "fit: ${ARMS[*]} resumed, side by side"
+pids=()
+for arm in "${ARMS[@]}"; do
+    fit "$arm" resumed &
+    pids+=($!)
+done
+for i in "${!ARMS[@]}"; do
+    wait "${pids[$i]}" || failed "${ARMS[$i]}" resumed $?
 done
 
 step "smoke report"
