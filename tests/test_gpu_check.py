@@ -3,8 +3,9 @@
 It downloads verl 0.9.1's wheels for the GPU machine (CPython 3.12) from the package registry, about 135 MB
 the first time, cached under ``${GTPO_CI_CACHE:-/tmp/gtpo-ci-cache}``; so it runs in CI (``CI=true``) or
 when ``GTPO_GPU_BUNDLE=1`` asks for it, and is skipped otherwise. It needs verl here too: the recipe's dry
-run resolves the smoke configs the bundle carries. Measured here: 6 CPU-minutes with the wheels cached and
-every compressed part made afresh; with the parts cached, the recipe's dry run and the packing remain.
+run resolves the smoke configs the bundle carries. Measured here: 193 CPU-s (148 s wall on a quiet machine)
+with the wheels cached and every compressed part made afresh; with the parts cached, the recipe's dry run
+and the packing remain.
 """
 
 from __future__ import annotations
