@@ -37,7 +37,7 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then
     trap 'rm -rf "$scratch"' EXIT
     "$PYTHON" "$REPO_DIR/scripts/gpu_bundle.py" install "$BUNDLE" --target "$scratch" --no-machine-check
     echo "on the GPU, call k: bash scripts/gpu_check.sh, carrying ${BUNDLE#"$REPO_DIR"/}/call-0k (the last one runs)"
-    echo "then: ${#ARMS[@]} arms x (3 steps + 1 resumed) of fit() on cuda, the smoke report, bench_core, gtpo-demo"
+    echo "then: fit() on cuda for ${#ARMS[@]} arms (3 steps each, one arm at a time; then the resumed runs side by side), the smoke report, bench_core, gtpo-demo"
     exit 0
 fi
 
