@@ -80,8 +80,9 @@ def test_first_runs_one_after_another_then_resumed_runs_side_by_side(tmp_path):
 @pytest.mark.parametrize("fail_run", ["grpo_no_kl_first", "grpo_resumed"])
 def test_a_failed_run_is_named_and_fails_the_check_but_stops_nothing(tmp_path, fail_run):
     result, events = run_check(tmp_path, fail_run=fail_run)
+    arm, run = fail_run.rsplit("_", 1)
     assert result.returncode == 1
-    assert f"FAILED (exit 1): {fail_run.rsplit('_', 1)[0]} {fail_run.rsplit('_', 1)[1]}" in result.stdout
+    assert f"FAILED (exit 1): {arm} {run}" in result.stdout
     assert result.stdout.count("FAILED") == 1
     assert f"log of {fail_run}" in result.stdout  # the tail of its log
     assert len(events) == 2 * 2 * len(ARMS)  # every run started and ended
