@@ -1,5 +1,5 @@
-"""In CI, a test skipped because verl or megatron-core cannot be imported is a failure; and the shared
-``tiny_model_dir`` fixture.
+"""In CI, a test skipped because verl or megatron-core (or, in a test marked ``vllm``, vLLM) cannot be imported
+is a failure; and the shared ``tiny_model_dir`` fixture.
 
 Tests that need verl or megatron-core skip themselves with ``pytest.importorskip(...)`` so that a
 developer with a partial install (the verl-free core only) can still run the rest. In CI that same
@@ -21,11 +21,19 @@ import pytest
 # The messages of pytest.importorskip for these modules: "could not import 'verl.x': ..." and
 # "module 'verl' has __version__ ..., required is ...".
 REQUIRED_IMPORT_SKIP = re.compile(r"(could not import|module) '(verl|megatron\.core)(\.[\w.]+)?'")
+# vLLM's CPU build is in .venv-vllm only: its tests (marked ``vllm``) are deselected elsewhere, in CI as well
+# (``-m "not vllm"``), and where they run, CI=true makes a skip for want of vLLM a failure.
+VLLM_IMPORT_SKIP = re.compile(r"(could not import|module) 'vllm(\.[\w.]+)?'")
+
+
+def ci() -> bool:
+    """True in CI (``CI=true``/``1``)."""
+    return os.environ.get("CI", "").lower() in {"true", "1"}
 
 
 def verl_required() -> bool:
-    """True in CI (``CI=true``/``1``) or when ``GTPO_REQUIRE_VERL=1``."""
-    return os.environ.get("CI", "").lower() in {"true", "1"} or os.environ.get("GTPO_REQUIRE_VERL") == "1"
+    """True in CI or when ``GTPO_REQUIRE_VERL=1``."""
+    return ci() or os.environ.get("GTPO_REQUIRE_VERL") == "1"
 
 
 def _skip_reason(report: pytest.CollectReport | pytest.TestReport) -> str:
@@ -39,10 +47,10 @@ def _fail_required_import_skip(report: pytest.CollectReport | pytest.TestReport)
     if not (report.skipped and verl_required()):
         return
     reason = _skip_reason(report)
-    if REQUIRED_IMPORT_SKIP.search(reason):
+    if REQUIRED_IMPORT_SKIP.search(reason) or (VLLM_IMPORT_SKIP.search(reason) and ci()):
         report.outcome = "failed"
         report.longrepr = (
-            f"{reason}\nverl and megatron-core are required here (CI=true or GTPO_REQUIRE_VERL=1): "
+            f"{reason}\nverl and megatron-core are required here (CI=true or GTPO_REQUIRE_VERL=1), and vLLM in CI: "
             "this test would have been skipped, which would hide a broken install."
         )
 

