@@ -1,5 +1,5 @@
-"""The checks inside the CI scripts: the wheel-contents check, the with/without-plugin comparison, and which
-modules the verl 0.9.0 run leaves out."""
+"""The checks inside the CI scripts: the wheel-contents check, the with/without-plugin comparison, which
+modules the verl 0.9.0 run leaves out, and where the tests marked ``vllm`` run."""
 
 from __future__ import annotations
 
@@ -107,10 +107,29 @@ def test_junit_reports_are_read_case_by_case(tmp_path):
     }
 
 
+def modules_marked(marker: str) -> set[str]:
+    return {path.relative_to(REPO).as_posix() for path in (REPO / "tests").rglob("test_*.py")
+            if f"pytest.mark.{marker}" in path.read_text() and path.name != "test_ci_scripts.py"}
+
+
+def modules_listed(table_heading: str) -> set[str]:
+    table = (REPO / "docs" / "development.md").read_text().split(table_heading)[1]
+    return set(re.findall(r"`(tests/[\w/]+\.py)`", table.split("\n\n")[1]))
+
+
 def test_the_modules_left_out_on_verl_090_are_the_ones_the_docs_list_with_a_reason():
-    marked = {path.relative_to(REPO).as_posix() for path in (REPO / "tests").rglob("test_*.py")
-              if "pytest.mark.newest_verl" in path.read_text() and path.name != "test_ci_scripts.py"}
-    table = (REPO / "docs" / "development.md").read_text().split("The modules marked `newest_verl`")[1]
-    listed = set(re.findall(r"`(tests/[\w/]+\.py)`", table.split("\n## ")[0]))
-    assert marked == listed and len(marked) == 8
-    assert 'pytest -q -m "not newest_verl"' in (REPO / ".ci" / "run").read_text()
+    assert modules_marked("newest_verl") == modules_listed("The modules marked `newest_verl`")
+    assert len(modules_marked("newest_verl")) == 7
+    assert 'pytest -q -m "not newest_verl and not vllm"' in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_vllm_tests_run_in_the_vllm_environment_only_and_the_docs_list_them_with_a_reason():
+    marked = modules_marked("vllm")
+    assert marked == modules_listed("The modules marked `vllm`") and marked
+    ci = (REPO / ".ci" / "run").read_text()
+    steps = ci.split("&\n")  # the side-by-side steps, each started in the background
+    in_vllm_env = [step for step in steps if "VENV=.venv-vllm VLLM=1" in step]
+    assert len(in_vllm_env) == 1 and "python -m pytest -q -m vllm\n" in in_vllm_env[0]
+    assert "import verl, vllm" in in_vllm_env[0]  # a missing vLLM fails the step before pytest, never skips
+    assert 'bash scripts/test.sh -m "not vllm"' in ci
+    assert sum("pytest" in step or "scripts/test.sh" in step for step in steps) == 3

@@ -1,10 +1,14 @@
-"""A probe of what GTPO read in a ``main_ppo`` run: each batch's tokens and entropy, written where a test reads them.
+"""A probe of a ``main_ppo`` run: what GTPO read, and the tokens of verl's validation, saved for a test.
 
-Loaded by ``fsdp_fit_run.py --probe DIR`` through verl's ``VERL_USE_EXTERNAL_MODULES``. In the process where
-the GTPO adapter fetches a batch's ``responses`` and ``entropy`` from TransferQueue for the advantage stage
-(``trainer_hooks._fetch_responses_and_entropy``), it fetches the same batch's ``prompts`` and ``response_mask``
-beside them and saves all four as ``DIR/batch_<k>.pt`` (``k`` = 1, 2, ... in the run's order), one tensor a
-row, unpadded. What GTPO receives is unchanged: the probe returns the adapter's own result.
+Loaded by ``fsdp_fit_run.py --probe DIR`` through verl's ``VERL_USE_EXTERNAL_MODULES``; it observes and changes
+nothing (each wrapper returns what it wraps returned), in the trainer's process:
+- where the GTPO adapter fetches a batch's ``responses`` and ``entropy`` from TransferQueue for the advantage
+  stage (``trainer_hooks._fetch_responses_and_entropy``), it fetches the same batch's ``prompts`` and
+  ``response_mask`` beside them and saves all four as ``DIR/batch_<k>.pt`` (``k`` = 1, 2, ... in the run's
+  order);
+- where verl's validation reads the prompts and responses it decodes (TransferQueue's ``kv_batch_get`` of
+  ``["prompts", "responses"]`` in the partition ``val``), it saves them as ``DIR/validation_<k>.pt``.
+Each file holds one tensor a row, unpadded.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from after_import import after_import
 
 DIRECTORY = os.environ.get("GTPO_PROBE_DIR")
 FIELDS = ("prompts", "responses", "response_mask", "entropy")
+VALIDATION_FIELDS = ["prompts", "responses"]
 
 
 def rows(tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -42,6 +47,24 @@ def record(hooks: ModuleType) -> None:
     hooks._fetch_responses_and_entropy = fetch_and_record
 
 
+def record_validation(tq: ModuleType) -> None:
+    get = tq.kv_batch_get
+    saved = 0
+
+    @functools.wraps(get)
+    def get_and_record(*args: Any, **kwargs: Any) -> Any:
+        nonlocal saved
+        data = get(*args, **kwargs)
+        if kwargs.get("partition_id") == "val" and kwargs.get("select_fields") == VALIDATION_FIELDS:
+            saved += 1
+            torch.save({field: rows(data[field]) for field in VALIDATION_FIELDS},
+                       Path(DIRECTORY) / f"validation_{saved}.pt")
+        return data
+
+    tq.kv_batch_get = get_and_record
+
+
 if DIRECTORY:
     Path(DIRECTORY).mkdir(parents=True, exist_ok=True)
     after_import("gtpo_plugin.verl_adapter.trainer_hooks", record)
+    after_import("transfer_queue", record_validation)
