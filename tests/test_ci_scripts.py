@@ -119,7 +119,7 @@ def modules_listed(table_heading: str) -> set[str]:
 
 def test_the_modules_left_out_on_verl_090_are_the_ones_the_docs_list_with_a_reason():
     assert modules_marked("newest_verl") == modules_listed("The modules marked `newest_verl`")
-    assert len(modules_marked("newest_verl")) == 7
+    assert len(modules_marked("newest_verl")) == 21
     assert 'pytest -q -m "not newest_verl and not vllm"' in (REPO / ".ci" / "run").read_text()
 
 
@@ -127,9 +127,12 @@ def test_the_vllm_tests_run_in_the_vllm_environment_only_and_the_docs_list_them_
     marked = modules_marked("vllm")
     assert marked == modules_listed("The modules marked `vllm`") and marked
     ci = (REPO / ".ci" / "run").read_text()
-    steps = ci.split("&\n")  # the side-by-side steps, each started in the background
-    in_vllm_env = [step for step in steps if "VENV=.venv-vllm VLLM=1" in step]
-    assert len(in_vllm_env) == 1 and "python -m pytest -q -m vllm\n" in in_vllm_env[0]
-    assert "import verl, vllm" in in_vllm_env[0]  # a missing vLLM fails the step before pytest, never skips
-    assert 'bash scripts/test.sh -m "not vllm"' in ci
-    assert sum("pytest" in step or "scripts/test.sh" in step for step in steps) == 3
+    # the side-by-side steps: step 1 a line, steps 2 and 3 subshells, each writing its own log
+    subshells = dict(re.findall(r"\n\(\n(.*?)\n\) > \"\$logs/step(\d)\.log\"", ci, re.DOTALL))
+    assert sorted(subshells.values()) == ["2", "3"]
+    body = {step: text for text, step in subshells.items()}
+    assert "VENV=.venv-vllm VLLM=1" in body["3"] and body["3"].endswith("python -m pytest -q -m vllm")
+    assert "import verl, vllm" in body["3"]  # a missing vLLM fails the step before pytest, never skips
+    assert "VERL_VERSION=0.9.0" in body["2"] and body["2"].endswith('pytest -q -m "not newest_verl and not vllm"')
+    assert 'bash scripts/test.sh -m "not vllm" > "$logs/step1.log"' in ci
+    assert ci.count("pytest -q") == 2 and ci.count("scripts/test.sh -m") == 1

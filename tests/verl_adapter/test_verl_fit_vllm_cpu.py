@@ -32,12 +32,12 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import METRIC_KEYS
-from process_tree import run_to_the_end
 
 verl = pytest.importorskip("verl")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("vllm")
 from omegaconf import OmegaConf  # noqa: E402
+from verl_adapter.process_tree import run_to_the_end  # noqa: E402  (psutil: Ray's, so verl's)
 
 from gtpo_plugin.smoke.report import SAME_VALUE_RTOL, read_metrics  # noqa: E402
 

@@ -3,7 +3,7 @@
 ``fsdp_actor_run.py`` (see its docstring for what is real and what stands in) runs verl's v1 trainer stages
 with verl's ``ActorRolloutRefWorker`` on the tiny smoke-run Qwen2, in fp32, as the smoke recipe plans it:
 a first run of 3 steps saving at step 2, and a second run resumed from that checkpoint to step 3. Each run
-is a fresh process (about 20 s). ``test_verl_fit_cpu.py`` runs the recipe itself through ``fit()``.
+is a fresh process (about 20 s). ``test_verl_fit_vllm_cpu.py`` runs the recipe itself through ``fit()``.
 
 The references here are computed independently with ``transformers`` on the same weights, loops over
 sequences, and the naive GTPO reference of ``tests/naive_reference.py``.
