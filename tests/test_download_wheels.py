@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
+pytestmark = pytest.mark.newest_verl  # the GPU bundle's verl is 0.9.1, whose metadata it reads
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "download_wheels.py"
 _spec = importlib.util.spec_from_file_location("download_wheels", SCRIPT)
