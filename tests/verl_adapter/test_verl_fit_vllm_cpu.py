@@ -336,6 +336,15 @@ def test_the_resumed_gtpo_run_used_the_initial_entropy_of_its_checkpoint(smoke_d
     assert saved["initial_entropy"] == marked
 
 
+def test_the_resumed_run_trains_step_3s_prompts_not_a_replay_of_step_1s(smoke_dir):
+    # verl restores its dataloader from global_step_2/data.pt (docs/verl.md, "What verl's resume replays")
+    def prompts(batch: dict[str, list[torch.Tensor]]) -> list[tuple[int, ...]]:
+        return sorted(tuple(prompt.tolist()) for prompt in batch["prompts"])
+
+    first, resumed = probed_batches(smoke_dir, "gtpo", "first"), probed_batches(smoke_dir, "gtpo", "resumed")
+    assert prompts(resumed[3]) == prompts(first[3]) != prompts(first[1])
+
+
 def test_fits_own_logger_wrote_one_record_a_step_with_every_gtpo_metric_finite(smoke_dir):
     # verl's file logger writes what fit()'s self.logger.log passes it, one JSON line per call
     for run, steps in (("first", [1, 2, 3]), ("resumed", [3])):
