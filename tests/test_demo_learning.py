@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 import torch
@@ -128,3 +129,38 @@ def test_grpo_and_gtpo_climb_a_trivially_learnable_reward(algorithm):
     rewards = [trainer.step().metrics["reward/mean"] for _ in range(settings.steps)]
     assert sum(rewards[:3]) / 3 < 0.6, rewards
     assert sum(rewards[-5:]) / 5 >= 0.9, rewards
+
+
+# --- the shipped warm-up: RL's start -----------------------------------------------------------------------
+
+def test_the_default_warm_up_ships_with_the_package_and_knows_the_task():
+    from gtpo_plugin.demo.evaluate import evaluate, evaluation_problems
+    from gtpo_plugin.demo.pipeline import shipped_warmup_path, warmed_model
+
+    options = DemoOptions()
+    assert shipped_warmup_path(options).is_file()
+    model, losses = warmed_model(options)
+    assert len(losses) == options.warmup_steps == 1500 and losses[-1] < 0.35
+    # What makes RL learn here (docs/ab-testing.md): the warm-up has learnt the task's arithmetic and copying.
+    greedy = evaluate(model, VOCAB, evaluation_problems(64), max_new_tokens=options.max_new_tokens)
+    assert greedy["accuracy"] >= 0.85 and greedy["format_accuracy"] == 1.0
+
+
+def test_the_warm_up_is_read_from_the_cache_then_the_package_then_trained(tmp_path, monkeypatch):
+    import gtpo_plugin.demo.pipeline as pipeline
+
+    options = DemoOptions(warmup_steps=3, warmup_batch_size=4)
+    monkeypatch.setattr(pipeline, "SHIPPED_WARMUPS", tmp_path / "shipped")
+    shipped = pipeline.shipped_warmup_path(options)
+    shipped.parent.mkdir()
+    zeros = {key: torch.zeros_like(value) for key, value in build_model(len(VOCAB), 0).state_dict().items()}
+    torch.save({"model": zeros, "losses": torch.tensor([9.0, 9.0, 9.0])}, shipped)
+    model, losses = pipeline.warmed_model(options)
+    assert losses == [9.0, 9.0, 9.0] and all(float(p.abs().sum()) == 0 for p in model.parameters())
+    model, losses = pipeline.warmed_model(replace(options, shipped_warmup=False))
+    assert len(losses) == 3 and losses != [9.0, 9.0, 9.0] and any(float(p.abs().sum()) > 0 for p in model.parameters())
+    cached = replace(options, cache=str(tmp_path / "cache"), shipped_warmup=False)
+    trained, _ = pipeline.warmed_model(cached)  # trains and keeps it in the cache
+    again, losses = pipeline.warmed_model(replace(cached, shipped_warmup=True))  # the cache comes first
+    assert losses != [9.0, 9.0, 9.0]
+    assert all(torch.equal(a, b) for a, b in zip(trained.parameters(), again.parameters(), strict=True))

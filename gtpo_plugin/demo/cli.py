@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=positive_int("--eval-every", 0), default=0,
                         help="also measure pass@1 on the evaluation set every N RL steps, for its peak over "
                         "training (0: before and after RL only)")
+    parser.add_argument("--train-warmup", action="store_true",
+                        help="train the warm-up here even where the package ships it (the default settings on CPU)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder to keep warmed-up weights per seed in, shared between runs (none)")
     parser.add_argument("--out", type=Path, default=Path("gtpo_demo_out"), help="output folder (gtpo_demo_out)")
@@ -216,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = DemoOptions.for_regime(args.regime, preset=args.preset, steps=args.steps, group_size=args.group_size,
                                      prompts_per_step=args.prompts, seed=args.seed, device=device, lr=args.lr,
                                      warmup_steps=args.warmup_steps, algorithms=args.arms, eval_every=args.eval_every,
-                                     eval_problems=args.eval_problems,
+                                     eval_problems=args.eval_problems, shipped_warmup=not args.train_warmup,
                                      cache=str(args.cache) if args.cache else None)
     seeds = list(range(args.seed, args.seed + args.seeds))
     settings = options.settings()

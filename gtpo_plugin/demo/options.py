@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 class DemoOptions:
     """Everything that defines the runs of one seed; ``lr``/``group_size`` None take the preset's value.
 
+    ``shipped_warmup``: start from the warm-up the package ships for these settings when it has one
+    (:func:`gtpo_plugin.demo.pipeline.warmed_model`); False trains it here.
+
     ``eval_every`` > 0 also measures pass@1 on the evaluation set every that many RL steps (for the peak
     over training); before and after RL it is always measured.
 
@@ -39,12 +42,13 @@ class DemoOptions:
     lr: float | None = None
     mini_batches: int = 2
     max_new_tokens: int = 40
-    warmup_steps: int = 300
+    warmup_steps: int = 1500
     warmup_batch_size: int = 64
     warmup_noise: float = 0.1
     warmup_lr: float = 3e-3
     eval_problems: int = 256
     eval_every: int = 0
+    shipped_warmup: bool = True
     min_operands: int = MIN_OPERANDS
     max_operands: int = MAX_OPERANDS
     algorithms: tuple[str, ...] = ("gtpo", "grpo")

@@ -40,8 +40,19 @@ def _warmup_key(options: DemoOptions) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# The default warm-up (1,500 steps, CPU), shipped with the package as RL's pretrained start: training it takes
+# minutes, and float rounding differs between torch builds, so every user starts RL from the same weights.
+SHIPPED_WARMUPS = Path(__file__).parent / "checkpoints"
+
+
+def shipped_warmup_path(options: DemoOptions) -> Path:
+    """Where the package keeps the warm-up of ``options``, if it ships one (the default options on CPU)."""
+    return SHIPPED_WARMUPS / f"warmup-{_warmup_key(options)}.pt"
+
+
 def warmed_model(options: DemoOptions, progress: Progress = _silent) -> tuple[torch.nn.Module, list[float]]:
-    """The model after the supervised warm-up, read from ``options.cache`` when it holds it.
+    """The model after the supervised warm-up: read from ``options.cache`` when it holds it, else from the
+    package when it ships these warm-up settings (and ``options.shipped_warmup``), else trained here.
 
     The warm-up depends only on ``warmup_seed`` and the warm-up settings (not on the RL seed, the
     preset or the arms), so every run that shares a cache folder warms up once.
@@ -50,8 +61,12 @@ def warmed_model(options: DemoOptions, progress: Progress = _silent) -> tuple[to
     model: torch.nn.Module = build_model(len(vocab), options.warmup_seed)
     model.to(torch.device(options.device))
     path = Path(options.cache) / f"warmup-{_warmup_key(options)}.pt" if options.cache else None
-    if path is not None and path.is_file():
-        saved = torch.load(path, map_location=options.device, weights_only=True)
+    sources = [path] if path is not None else []
+    if options.shipped_warmup:
+        sources.append(shipped_warmup_path(options))
+    found = next((source for source in sources if source.is_file()), None)
+    if found is not None:
+        saved = torch.load(found, map_location=options.device, weights_only=True)
         model.load_state_dict(saved["model"])
         return model, [float(loss) for loss in saved["losses"]]
     tick = progress("warm-up", options.warmup_steps)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from transformers import StaticCache
 from verl import DataProto
 
 from gtpo_plugin.demo.model import response_log_probs
@@ -71,15 +73,19 @@ def sample_with_log_probs(
     ``generator`` on the CPU so that runs repeat exactly on any device; the draws depend only on the batch
     shape, so two policies that agree sample the same tokens.
     """
-    batch = prompts.shape[0]
+    batch, prompt_length = prompts.shape
     mask = prompt_mask
     positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-    output = model(input_ids=prompts, attention_mask=mask, position_ids=positions, use_cache=True)
+    # A cache of fixed size, written in place: a growing cache re-copies itself at every token (O(T^2)).
+    config: Any = model.config  # a transformers causal LM's config
+    cache = StaticCache(config=config, max_cache_len=prompt_length + max_new_tokens)
+    output = model(input_ids=prompts, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   cache_position=torch.arange(prompt_length, device=prompts.device), use_cache=True)
     next_position = positions[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool)
     rows: list[list[int]] = [[] for _ in range(batch)]
     row_log_probs: list[list[float]] = [[] for _ in range(batch)]
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         logits = output.logits[:, -1].float().cpu()
         if generator is None:
             tokens = logits.argmax(dim=-1)
@@ -94,8 +100,9 @@ def sample_with_log_probs(
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        where = torch.tensor([prompt_length + step], device=prompts.device)
         output = model(input_ids=tokens[:, None].to(prompts.device), attention_mask=mask, position_ids=next_position,
-                       past_key_values=output.past_key_values, use_cache=True)
+                       past_key_values=cache, cache_position=where, use_cache=True)
         next_position = next_position + 1
     return rows, row_log_probs
 
