@@ -27,10 +27,10 @@ OUTPUT_FILES = {
 # What the committed 8-seed study measured (docs/study_paper, preset paper, defaults; regenerate with
 # scripts/studies.sh and update these lines from its study.json).
 NOISE_BAND = (
-    "Seed-to-seed noise, measured by the 8-seed study in docs/study_paper (preset paper, these defaults): greedy\n"
-    "accuracy after RL varies across seeds with a standard deviation of about 0.04 for both GTPO and GRPO (range\n"
-    "0.10-0.24), and the per-seed difference GTPO - GRPO ranged from -0.09 to +0.11 (95% CI of its mean over the\n"
-    "8 seeds: -0.056 to +0.052). A difference from one or two seeds inside that band is noise, not evidence."
+    "Seed-to-seed noise, measured by the 8-seed study in docs/study_paper (preset paper, these defaults): pass@1\n"
+    "after RL varies across seeds with a standard deviation of about 0.02 for both GTPO and GRPO (GRPO 0.76-0.83),\n"
+    "and the per-seed difference GTPO - GRPO ranged from -0.04 to +0.05 (95% CI of its mean over the 8 seeds:\n"
+    "-0.009 to +0.047). A difference from one or two seeds inside that band is noise, not evidence."
 )
 
 

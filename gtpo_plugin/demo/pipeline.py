@@ -164,6 +164,7 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
         }
         if cached is not None:
             entry = {**runs[name], "group_view": view if algorithm.adv_estimator == "gtpo" else None}
+            cached.parent.mkdir(parents=True, exist_ok=True)  # a shipped warm-up leaves the cache folder unmade
             cached.write_text(json.dumps(entry), encoding="utf-8")
     return {
         "seed": options.seed,
