@@ -149,9 +149,14 @@ def test_one_setting_selects_gtpo_on_every_entry_point(entry, caplog):
 
 
 def test_the_long_form_for_users_without_hydra_groups_gives_the_same_config():
-    knobs = [f"+algorithm.gtpo.{name}={'null' if default is None else default}"
-             for name, default in {**GTPOConfig().to_dict(), "entropy_coef": 0.05}.items()]
-    assert tree(job("ppo_trainer", *LONG_FORM, *knobs)) == gtpo_job("ppo_trainer")
+    # The README's long form: the five switches and the one knob; the adapter fills in the others at start-up.
+    long_form = OmegaConf.create(tree(job("ppo_trainer", *LONG_FORM, "+algorithm.gtpo.entropy_coef=0.05")))
+    group = OmegaConf.create(gtpo_job("ppo_trainer"))
+    assert config_tree.differing_keys(OmegaConf.to_container(long_form), gtpo_job("ppo_trainer")) == (
+        GTPO_KEYS - {"algorithm.gtpo.entropy_coef"})
+    check_trainer_config(long_form)
+    check_trainer_config(group)
+    assert OmegaConf.to_yaml(long_form) == OmegaConf.to_yaml(group)
 
 
 def test_the_paper_option_carries_the_authors_values():
