@@ -8,7 +8,8 @@ runs in a process of its own (Hydra scans its plugins once per process; about 1 
 - half-installed, twice: a copy of the plugin module without the package next to it, and with a package that
   lacks its config folder. The app starts and composes as without the plugin, and one warning says why.
 
-Each process starts the app three times (two ``--cfg job``, one ``--info searchpath``): the warning comes once.
+Each process starts the app four times (two ``--cfg job``, ``--info searchpath``, ``--cfg hydra``): the warning
+comes once.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def main(cfg):
     print(OmegaConf.to_yaml(cfg))
 
 
-for argv in (["--cfg", "job"], ["--cfg", "job", "algorithm=adam", "lr=0.5"], ["--info", "searchpath"]):
+for argv in (["--cfg", "job"], ["--cfg", "job", "algorithm=adam", "lr=0.5"], ["--info", "searchpath"],
+             ["--cfg", "hydra"]):
     sys.argv = ["app.py", *argv]
     main()
 '''
@@ -97,6 +99,7 @@ def test_installed_the_app_searches_the_packages_folder_and_composes_as_without_
     installed, without = runs["installed"], runs["without"]
     assert f"file://{REPO / 'gtpo_plugin' / 'hydra_config'}" in installed.stdout
     assert "gtpo-plugin" not in without.stdout
+    assert "provider: gtpo-plugin" in installed.stdout  # Hydra's record, hydra.runtime.config_sources
     assert jobs(installed) == jobs(without)
     assert "name: adam" in jobs(installed) and "lr: 0.5" in jobs(installed)  # the app's own group still selects
     assert WARNING not in installed.stderr + without.stderr
