@@ -1,12 +1,14 @@
 """The package's Hydra search-path plugin (``hydra_plugins/gtpo_searchpath.py``) in a Hydra app that is not verl's.
 
 The app, written here, has an ``algorithm`` group of its own (``sgd``, ``adam``), the name GTPO's group uses. It
-runs in a process of its own (Hydra scans its plugins once per process; about 1 s, no verl) in four installs:
+runs in a process of its own (Hydra scans its plugins once per process; about 1 s, no verl) in five installs:
 
 - as installed here: Hydra searches the package's config folder, and the app's config is unchanged;
 - without the plugin: the plugin module is shadowed by an empty one of the same name, first on ``PYTHONPATH``;
 - half-installed, twice: a copy of the plugin module without the package next to it, and with a package that
-  lacks its config folder. The app starts and composes as without the plugin, and one warning says why.
+  lacks its config folder. The app starts and composes as without the plugin, and one warning says why;
+- broken: the package's ``algorithm/gtpo.yaml`` is not YAML. Hydra reads a group's files only when a run selects
+  them, so the app, which does not, starts and composes as without the plugin.
 
 Each process starts the app four times (two ``--cfg job``, ``--info searchpath``, ``--cfg hydra``): the warning
 comes once.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -59,14 +62,18 @@ def app(tmp_path_factory) -> Path:
     return folder
 
 
-def site(root: Path, plugin: str | None, package: bool = False) -> Path:
-    """A folder to put first on ``PYTHONPATH``: ``hydra_plugins/gtpo_searchpath.py`` holding ``plugin``, and a
-    ``gtpo_plugin`` package without its config folder when ``package``."""
+def site(root: Path, plugin: str | None, package: bool = False, group_file: str | None = None) -> Path:
+    """A folder to put first on ``PYTHONPATH``: ``hydra_plugins/gtpo_searchpath.py`` holding ``plugin``; with
+    ``package``, a ``gtpo_plugin`` package whose config folder holds ``algorithm/gtpo.yaml`` only if ``group_file``
+    is given (its text)."""
     (root / "hydra_plugins").mkdir(parents=True)
     (root / "hydra_plugins" / "gtpo_searchpath.py").write_text(plugin or "", encoding="utf-8")
     if package:
         (root / "gtpo_plugin").mkdir()
         (root / "gtpo_plugin" / "__init__.py").write_text("", encoding="utf-8")
+    if group_file is not None:
+        (root / "gtpo_plugin" / "hydra_config" / "algorithm").mkdir(parents=True)
+        (root / "gtpo_plugin" / "hydra_config" / "algorithm" / "gtpo.yaml").write_text(group_file, encoding="utf-8")
     return root
 
 
@@ -81,12 +88,16 @@ def run(app: Path, first_on_path: Path | None = None) -> subprocess.CompletedPro
 def runs(app, tmp_path_factory) -> dict[str, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("installs")
     copy = PLUGIN.read_text(encoding="utf-8")
-    return {
-        "installed": run(app),
-        "without": run(app, site(root / "without", None)),
-        "no package": run(app, site(root / "no_package", copy)),
-        "no config folder": run(app, site(root / "no_config", copy, package=True)),
+    installs = {
+        "installed": None,
+        "without": site(root / "without", None),
+        "no package": site(root / "no_package", copy),
+        "no config folder": site(root / "no_config", copy, package=True),
+        "broken group file": site(root / "broken", copy, package=True, group_file="algorithm: [a\n  : :\n"),
     }
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # mostly single-threaded start-up
+        futures = {name: pool.submit(run, app, folder) for name, folder in installs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def jobs(result: subprocess.CompletedProcess[str]) -> str:
@@ -111,3 +122,9 @@ def test_a_half_installed_copy_never_breaks_start_up_and_warns_once(runs, instal
     assert jobs(result) == jobs(runs["without"])
     assert "gtpo-plugin" not in result.stdout
     assert result.stderr.count(WARNING) == 1, result.stderr
+
+
+def test_a_broken_group_file_leaves_a_run_that_does_not_select_it_as_without_the_plugin(runs):
+    result = runs["broken group file"]
+    assert jobs(result) == jobs(runs["without"])
+    assert "provider: gtpo-plugin" in result.stdout and WARNING not in result.stderr
