@@ -5,9 +5,10 @@ that does not select it composes byte for byte as without the plugin.
 Each case runs the entry point's real ``main`` (its ``@hydra.main``) in this process with ``sys.argv`` set to
 ``... --cfg job``, as ``python -m <entry point> ... --cfg job`` does, and reads the YAML it prints: about 1 s a
 case once verl is imported, against 10-20 s for a process of its own. The experimental trainers' apps are given
-their config folder with ``--config-path`` (and one-step-off ``pkg://verl.trainer.config``), as
-``experimental_trainers.py`` composes them: their ``@hydra.main`` names a config module without ``__init__.py``,
-which fails from an installed verl. "Without the plugin" is the same call with the plugin's only hook,
+their config folder with ``--config-path``, as ``experimental_trainers.py`` composes them: called in-process,
+Hydra looks their ``config`` folder up as a Python module, which has no ``__init__.py`` (``python -m`` finds it
+as a folder). One-step-off's config also needs ``hydra.searchpath=[pkg://verl.trainer.config]`` from an
+installed verl, under ``python -m`` too. "Without the plugin" is the same call with the plugin's only hook,
 ``manipulate_search_path``, made a no-op on the class Hydra discovered; ``--info searchpath`` shows the folder
 there and gone.
 """
