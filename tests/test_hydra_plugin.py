@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("hydra")
+pytestmark = pytest.mark.newest_verl  # not verl's app, and the same Hydra under both verl versions
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "hydra_plugins" / "gtpo_searchpath.py"
