@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seeds run in parallel, one CPU thread each (min(seeds, CPU cores))")
     parser.add_argument("--regime", choices=sorted(REGIMES), default="default",
                         help="a documented preset of the task and run sizes (gtpo_plugin/demo/regimes.py): "
-                        + "; ".join(f"{name}: {regime.about}" for name, regime in REGIMES.items())
+                        + "; ".join(f"{name}: {regime.about}" for name, regime in REGIMES.items()).replace("%", "%%")
                         + ". Options given explicitly override it (default)")
     parser.add_argument("--steps", type=positive_int("--steps"), default=None,
                         help=f"RL steps per arm (the regime's; default regime {defaults.steps})")
@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-steps", type=positive_int("--warmup-steps", 0), default=None,
                         help="supervised warm-up steps before RL (the regime's; default regime "
                         f"{defaults.warmup_steps})")
+    parser.add_argument("--eval-problems", type=positive_int("--eval-problems"), default=defaults.eval_problems,
+                        help="problems in the fixed evaluation set; pass@1 and pass@8 sample 8 completions of each "
+                        f"({defaults.eval_problems})")
+    parser.add_argument("--eval-every", type=positive_int("--eval-every", 0), default=0,
+                        help="also measure pass@1 on the evaluation set every N RL steps, for its peak over "
+                        "training (0: before and after RL only)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder to keep warmed-up weights per seed in, shared between runs (none)")
     parser.add_argument("--out", type=Path, default=Path("gtpo_demo_out"), help="output folder (gtpo_demo_out)")
@@ -209,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = DemoOptions.for_regime(args.regime, preset=args.preset, steps=args.steps, group_size=args.group_size,
                                      prompts_per_step=args.prompts, seed=args.seed, device=device, lr=args.lr,
-                                     warmup_steps=args.warmup_steps, algorithms=args.arms,
+                                     warmup_steps=args.warmup_steps, algorithms=args.arms, eval_every=args.eval_every,
+                                     eval_problems=args.eval_problems,
                                      cache=str(args.cache) if args.cache else None)
     seeds = list(range(args.seed, args.seed + args.seeds))
     settings = options.settings()

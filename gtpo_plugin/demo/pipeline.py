@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from gtpo_plugin.demo.arms import ALGORITHMS
-from gtpo_plugin.demo.evaluate import evaluate, evaluation_problems
+from gtpo_plugin.demo.evaluate import evaluate_all, evaluation_problems, pass_at_k
 from gtpo_plugin.demo.model import build_model
 from gtpo_plugin.demo.options import DemoOptions
 from gtpo_plugin.demo.report import group_view, pick_group
@@ -69,7 +69,7 @@ def warmed_model(options: DemoOptions, progress: Progress = _silent) -> tuple[to
 
 
 # Bump when a change alters what a run computes, so that cached runs are not reused across it.
-RUN_CACHE_VERSION = 1
+RUN_CACHE_VERSION = 2
 
 
 def cached_run_path(options: DemoOptions, arm: str) -> Path | None:
@@ -85,7 +85,9 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
     """Warm up (or load) the seed's model, train each arm from a copy of it, evaluate greedily.
 
     Returns ``{"seed", "options", "warmup", "eval_before", "runs": {arm: {...}}, "group_view", "seconds"}``;
-    each run holds its per-step ``history``, ``eval_after``, ``initial_entropy`` and ``seconds``.
+    each run holds its per-step ``history``, ``eval_after``, ``eval_curve`` (pass@1 on the evaluation set
+    before RL, every ``options.eval_every`` steps when that is set, and after RL), ``initial_entropy`` and
+    ``seconds``. ``eval_before`` and ``eval_after`` hold greedy accuracy and pass@1/pass@8.
     ``group_view`` shows one group of the first step of the first GTPO-estimator arm (or None).
     With ``options.cache`` set, each finished run is kept there and a later call with the same
     options and arm reads it instead of training again (the runs are deterministic on CPU).
@@ -94,8 +96,13 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
     vocab = build_vocab()
     base, losses = warmed_model(options, progress)
     problems = evaluation_problems(options.eval_problems, options.min_operands, options.max_operands)
-    eval_before = evaluate(base, vocab, problems, max_new_tokens=options.max_new_tokens)
     settings = options.settings()
+
+    def evaluate_model(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_all(model, vocab, problems, max_new_tokens=options.max_new_tokens,
+                            temperature=settings.temperature)
+
+    eval_before = evaluate_model(base)
     runs: dict[str, dict[str, Any]] = {}
     view: str | None = None
     for name in options.algorithms:
@@ -110,14 +117,23 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
         trainer = Trainer(algorithm, copy.deepcopy(base), vocab, settings, seed=options.seed + 1)
         tick = progress(name.upper(), options.steps)
         first: list[StepRecord] = []
+        curve = [{"step": 0, "pass@1": eval_before["pass@1"]}]
 
         def on_step(record: StepRecord, tick: Callable[[dict[str, float]], None] = tick,
-                    first: list[StepRecord] = first) -> None:
+                    first: list[StepRecord] = first, curve: list[dict[str, float]] = curve,
+                    trainer: Trainer = trainer) -> None:
             if not first:
                 first.append(record)
+            step = int(record.metrics["step"])
+            if options.eval_every and step % options.eval_every == 0 and step < options.steps:
+                curve.append({"step": step, "pass@1": pass_at_k(trainer.model, vocab, problems,
+                                                                max_new_tokens=options.max_new_tokens,
+                                                                temperature=settings.temperature)["pass@1"]})
             tick({"reward": record.metrics["reward/mean"], "acc": record.metrics["accuracy/sampled"]})
 
         history = run(trainer, on_step)
+        eval_after = evaluate_model(trainer.model)
+        curve.append({"step": options.steps, "pass@1": eval_after["pass@1"]})
         if view is None and algorithm.adv_estimator == "gtpo":
             group = pick_group(first[0])
             view = group_view(first[0], vocab, group) if group is not None else None
@@ -127,7 +143,8 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
             "gtpo": settings.knobs(algorithm) if algorithm.adv_estimator == "gtpo" else None,
             "initial_entropy": float(trainer.initial_entropy if trainer.initial_entropy is not None else math.nan),
             "history": history,
-            "eval_after": evaluate(trainer.model, vocab, problems, max_new_tokens=options.max_new_tokens),
+            "eval_after": eval_after,
+            "eval_curve": curve,
             "seconds": time.perf_counter() - run_start,
         }
         if cached is not None:
