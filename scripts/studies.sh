@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the demo's studies committed in docs/, each with the null arm, 8 seeds, and pass@1 measured every
-# 12 (default regime) or 50 (negative-heavy) RL steps for its peak: preset paper, preset verl, and the
-# negative-heavy regime (6-7 operands, 200 RL steps of 2 prompts). Finished runs are kept in $CACHE and reused
+# 12 (default regime) or 50 (negative-heavy) RL steps for its peak: preset paper, preset verl; then the
+# negative-heavy regime (6-7 operands, 200 RL steps of 2 prompts), which has not yet been run to completion. Finished runs are kept in $CACHE and reused
 # (runs are deterministic on CPU). The ablations (scripts/ablations.py), the learning-rate sweep
 # (scripts/stress.py) and the other regimes have not been re-run on the 1,500-step warm-up.
 # Usage: bash scripts/studies.sh   (JOBS processes at a time, one CPU thread each: 48 runs of about 40 CPU-seconds,
