@@ -4,14 +4,20 @@ An editable install reads the package from the repository, so it hides packaging
 or data file left out of the wheel, a missing entry point). This script:
 
 1. builds the sdist and, from it, the wheel (``python -m build``), as a release would;
-2. checks the wheel's contents: every file of ``gtpo_plugin/`` in the repository is in it (nothing
-   outside ``gtpo_plugin/`` is needed at run time: the recipes are shell scripts and Hydra configs
-   used from a clone), and its entry points (``verl.plugins``: ``gtpo``; ``gtpo-demo``, ``gtpo-eval``);
+2. checks the wheel's contents: every file of ``gtpo_plugin/`` in the repository is in it (its Hydra config
+   group ``gtpo_plugin/hydra_config`` included), and the Hydra search-path plugin
+   ``hydra_plugins/gtpo_searchpath.py`` without a ``hydra_plugins/__init__.py`` (the namespace package is
+   shared with other Hydra plugins); nothing else is needed at run time (the recipes are shell scripts and
+   Hydra configs used from a clone); and its entry points (``verl.plugins``: ``gtpo``; ``gtpo-demo``, ``gtpo-eval``);
 3. creates a fresh virtual environment and installs ``torch==TORCH_VERSION`` (CPU build) then
    ``"<wheel>[verl]"``, not editable;
 4. from a folder outside the repository, with no ``PYTHONPATH``: checks that the package comes from
    the environment, that ``import verl`` registers GTPO (``get_adv_estimator_fn('gtpo')``,
-   ``get_policy_loss_fn('gtpo')``), and runs a 2-step demo (``gtpo-demo`` with :data:`DEMO_ARGS`).
+   ``get_policy_loss_fn('gtpo')``), that Hydra finds the installed config group: verl's ``main_ppo`` with
+   ``--config-name ppo_trainer`` and ``ppo_megatron_trainer``, ``+algorithm=gtpo
+   algorithm.gtpo.entropy_coef=0.05 --cfg job`` prints GTPO's estimator and loss, no KL term and the knob
+   (run in the same process, as ``python -m verl.trainer.main_ppo`` runs it), and runs a 2-step demo
+   (``gtpo-demo`` with :data:`DEMO_ARGS`).
 
 Usage: ``python scripts/check_install.py [--work-dir DIR] [--torch-version 2.13.0]``
 (needs ``build``, part of the ``test`` extra, and PyPI). Exits non-zero on the first failure.
@@ -37,6 +43,8 @@ ENTRY_POINTS = {
     "verl.plugins": {"gtpo": "gtpo_plugin.verl_adapter"},
     "console_scripts": {"gtpo-demo": "gtpo_plugin.demo:main", "gtpo-eval": "gtpo_plugin.evaluation.cli:main"},
 }
+# Hydra's plugin module; the wheel must not hold hydra_plugins/__init__.py, which would hide every other plugin.
+HYDRA_PLUGIN = "hydra_plugins/gtpo_searchpath.py"
 CHECK_REGISTRATION = """
 import sys
 from pathlib import Path
@@ -45,6 +53,34 @@ assert Path(sys.prefix) in Path(gtpo_plugin.__file__).resolve().parents, gtpo_pl
 import verl
 from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
 print("verl", verl.__version__, "gtpo:", get_adv_estimator_fn("gtpo").__name__, get_policy_loss_fn("gtpo").__name__)
+"""
+# verl's own Hydra app with the installed config group, as `python -m verl.trainer.main_ppo ... --cfg job` runs it.
+CHECK_CONFIG_GROUP = """
+import contextlib
+import io
+import yaml
+from verl.trainer import main_ppo
+
+
+def main_ppo_prints(*argv):
+    sys.argv = ["main_ppo", *argv]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main_ppo.main()
+    return printed.getvalue()
+
+
+folder = Path(gtpo_plugin.__file__).parent / "hydra_config"
+assert f"file://{folder}" in main_ppo_prints("--info", "searchpath"), "Hydra does not search " + str(folder)
+for name in ("ppo_trainer", "ppo_megatron_trainer"):
+    config = yaml.safe_load(main_ppo_prints("--config-name", name, "+algorithm=gtpo",
+                                            "algorithm.gtpo.entropy_coef=0.05", "--cfg", "job"))
+    algorithm, actor = config["algorithm"], config["actor_rollout_ref"]["actor"]
+    assert (algorithm["adv_estimator"], actor["policy_loss"]["loss_mode"]) == ("gtpo", "gtpo"), name
+    assert actor["loss_agg_mode"] == "seq-mean-token-mean", name
+    assert (algorithm["use_kl_in_reward"], actor["use_kl_loss"]) == (False, False), name
+    assert algorithm["gtpo"]["entropy_coef"] == 0.05, name
+    print(name, "+algorithm=gtpo: adv_estimator=gtpo, loss_mode=gtpo, no KL, gtpo:", algorithm["gtpo"])
 """
 
 
@@ -68,8 +104,9 @@ def check_wheel_contents(wheel: Path) -> None:
         parser.read_string(archive.read(entry_points_file).decode())
     missing = package_files() - names
     assert not missing, f"the wheel lacks files of gtpo_plugin/: {sorted(missing)}"
-    extra = {name for name in names if not name.startswith(("gtpo_plugin/", "gtpo_plugin-"))}
-    assert not extra, f"the wheel holds files outside gtpo_plugin/: {sorted(extra)}"
+    assert HYDRA_PLUGIN in names, f"the wheel lacks {HYDRA_PLUGIN}"
+    extra = {name for name in names if not name.startswith(("gtpo_plugin/", "gtpo_plugin-"))} - {HYDRA_PLUGIN}
+    assert not extra, f"the wheel holds files outside gtpo_plugin/ and {HYDRA_PLUGIN}: {sorted(extra)}"
     for group, entries in ENTRY_POINTS.items():
         found = dict(parser[group]) if parser.has_section(group) else {}
         for name, target in entries.items():
@@ -106,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     outside = work / "run"
     outside.mkdir(exist_ok=True)
-    result = run([python, "-c", CHECK_REGISTRATION], cwd=outside, env=env, capture_output=True, text=True)
+    result = run([python, "-c", CHECK_REGISTRATION + CHECK_CONFIG_GROUP], cwd=outside, env=env, capture_output=True,
+                 text=True)
     logger.info("%s", result.stdout.strip())
     demo_out = outside / "demo"
     run([str(venv / "bin" / "gtpo-demo"), *DEMO_ARGS, "--out", str(demo_out)], cwd=outside, env=env)

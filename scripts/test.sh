@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 source scripts/setup_env.sh
 set -euo pipefail
 export GTPO_REQUIRE_VERL="${GTPO_REQUIRE_VERL:-1}"
-ruff check gtpo_plugin tests scripts
-mypy gtpo_plugin
+ruff check gtpo_plugin hydra_plugins tests scripts
+mypy gtpo_plugin hydra_plugins
 python -m pytest -q "$@"

@@ -36,7 +36,7 @@ gtpo = gtpo_plugin.verl_adapter
 def make_wheel(path: Path, *, leave_out: str | None = None, entry_points: str = ENTRY_POINTS,
                extra: str | None = None) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
-        for name in sorted(check_install.package_files()):
+        for name in sorted(check_install.package_files() | {check_install.HYDRA_PLUGIN}):
             if name != leave_out:
                 archive.writestr(name, "")
         archive.writestr("gtpo_plugin-0.1.0.dist-info/entry_points.txt", entry_points)
@@ -45,9 +45,10 @@ def make_wheel(path: Path, *, leave_out: str | None = None, entry_points: str = 
     return path
 
 
-def test_package_files_cover_the_adapter_and_skip_caches():
+def test_package_files_cover_the_adapter_and_the_config_group_and_skip_caches():
     files = check_install.package_files()
     assert "gtpo_plugin/verl_adapter/__init__.py" in files and "gtpo_plugin/demo/cli.py" in files
+    assert "gtpo_plugin/hydra_config/algorithm/gtpo.yaml" in files
     assert not any("__pycache__" in name or name.endswith(".pyc") for name in files)
 
 
@@ -62,8 +63,18 @@ def test_a_wheel_missing_a_module_fails_naming_it(tmp_path):
 
 
 def test_a_wheel_with_files_outside_the_package_fails(tmp_path):
-    with pytest.raises(AssertionError, match="outside gtpo_plugin/: \\['tests/test_loss.py'\\]"):
+    with pytest.raises(AssertionError, match="gtpo_searchpath.py: \\['tests/test_loss.py'\\]"):
         check_install.check_wheel_contents(make_wheel(tmp_path / "bad.whl", extra="tests/test_loss.py"))
+    # hydra_plugins/ is Hydra's namespace package, shared with other plugins: an __init__.py would hide them
+    with pytest.raises(AssertionError, match="hydra_plugins/__init__.py"):
+        check_install.check_wheel_contents(make_wheel(tmp_path / "bad2.whl", extra="hydra_plugins/__init__.py"))
+
+
+@pytest.mark.parametrize("left_out", ["hydra_plugins/gtpo_searchpath.py",
+                                      "gtpo_plugin/hydra_config/algorithm/gtpo_paper.yaml"])
+def test_a_wheel_without_the_hydra_plugin_or_its_config_group_fails(tmp_path, left_out):
+    with pytest.raises(AssertionError, match=left_out.rsplit("/", 1)[1]):
+        check_install.check_wheel_contents(make_wheel(tmp_path / "bad.whl", leave_out=left_out))
 
 
 def test_a_wheel_without_the_verl_entry_point_fails(tmp_path):
@@ -119,7 +130,7 @@ def modules_listed(table_heading: str) -> set[str]:
 
 def test_the_modules_left_out_on_verl_090_are_the_ones_the_docs_list_with_a_reason():
     assert modules_marked("newest_verl") == modules_listed("The modules marked `newest_verl`")
-    assert len(modules_marked("newest_verl")) == 21
+    assert len(modules_marked("newest_verl")) == 24
     assert 'pytest -q -m "not newest_verl and not vllm"' in (REPO / ".ci" / "run").read_text()
 
 

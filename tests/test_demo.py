@@ -102,6 +102,10 @@ def test_noisy_demonstration():
     assert wrong >= 15  # every step is off by 1 or 2; only offsets that cancel out give the right answer
     forms = {tuple(noisy_demonstration(PROBLEM, generator, 0.0)[:6]) for _ in range(40)}
     assert len(forms) == 3  # the three step forms all occur
+    one_form = {tuple(noisy_demonstration(PROBLEM, generator, 0.0, ("sum_first",))) for _ in range(10)}
+    assert one_form == {tuple(completion_tokens(PROBLEM, [8, 12, 14], ["sum_first"] * 3))}
+    with pytest.raises(ValueError, match="forms must be a non-empty selection of"):
+        noisy_demonstration(PROBLEM, generator, 0.0, ("backwards",))
 
 
 def test_vocab_and_padding():
@@ -313,7 +317,8 @@ def test_null_study_is_exactly_grpo_and_the_harness_sees_a_real_difference(tmp_p
 def short_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     code = main(["--seeds", "2", "--steps", "3", "--prompts", "2", "--warmup-steps", "30", "--jobs", "1",
-                 "--arms", "gtpo,grpo", "--out", str(out), "--no-progress", "--device", "cpu"])
+                 "--arms", "gtpo,grpo", "--out", str(out), "--no-progress", "--device", "cpu",
+                 "--eval-problems", "24", "--eval-every", "2"])
     assert code == 0
     return out
 
@@ -351,6 +356,34 @@ def test_study_writes_study_json_with_cis_and_paired_differences(short_study: Pa
     assert (short_study / OUTPUT_FILES["plot"]).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     summary = (short_study / OUTPUT_FILES["summary"]).read_text(encoding="utf-8")
     assert "2 seed(s)" in summary and "GTPO - GRPO" in summary and "conflict tokens" in summary
+    assert "after - before" in summary
+
+
+@pytest.mark.slow
+def test_study_json_records_greedy_pass1_and_pass8_before_and_after_rl(short_study: Path):
+    study = json.loads((short_study / OUTPUT_FILES["study"]).read_text(encoding="utf-8"))
+    metrics = json.loads((short_study / OUTPUT_FILES["metrics"]).read_text(encoding="utf-8"))
+    for seed in ("0", "1"):
+        before = study["eval_before_rl"][seed]
+        assert {"accuracy", "pass@1", "pass@8"} <= set(before) and before["problems"] == 24
+        assert 0 <= before["pass@1"] <= before["pass@8"] <= 1  # one right sample of 8 is enough for pass@8
+        for arm in ("gtpo", "grpo"):
+            run = metrics["seeds"][seed]["runs"][arm]
+            values = study["per_seed"][arm][seed]
+            assert values["pass@1"] == run["eval_after"]["pass@1"] and values["pass@8"] == run["eval_after"]["pass@8"]
+            assert values["greedy_accuracy"] == run["eval_after"]["accuracy"]
+            # pass@1 measured before RL, at step 2 (--eval-every 2) and after the 3 steps
+            curve = run["eval_curve"]
+            assert [point["step"] for point in curve] == [0, 2, 3]
+            assert curve[0]["pass@1"] == before["pass@1"] and curve[-1]["pass@1"] == values["pass@1"]
+            assert values["peak_pass@1"] == max(point["pass@1"] for point in curve)
+            assert values["peak_pass@1_step"] in (0, 2, 3)
+    for arm in ("gtpo", "grpo"):
+        for key, source in (("greedy_accuracy", "accuracy"), ("pass@1", "pass@1"), ("pass@8", "pass@8")):
+            change = study["learning"][arm][key]
+            expected = np.mean([study["per_seed"][arm][s][key] - study["eval_before_rl"][s][source]
+                                for s in ("0", "1")])
+            assert change["mean"] == pytest.approx(expected)
 
 
 # --- options and imports ------------------------------------------------------------------------------------

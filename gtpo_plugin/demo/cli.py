@@ -27,10 +27,10 @@ OUTPUT_FILES = {
 # What the committed 8-seed study measured (docs/study_paper, preset paper, defaults; regenerate with
 # scripts/studies.sh and update these lines from its study.json).
 NOISE_BAND = (
-    "Seed-to-seed noise, measured by the 8-seed study in docs/study_paper (preset paper, these defaults): greedy\n"
-    "accuracy after RL varies across seeds with a standard deviation of about 0.04 for both GTPO and GRPO (range\n"
-    "0.10-0.24), and the per-seed difference GTPO - GRPO ranged from -0.09 to +0.11 (95% CI of its mean over the\n"
-    "8 seeds: -0.056 to +0.052). A difference from one or two seeds inside that band is noise, not evidence."
+    "Seed-to-seed noise, measured by the 8-seed study in docs/study_paper (preset paper, these defaults): pass@1\n"
+    "after RL varies across seeds with a standard deviation of about 0.02 for both GTPO and GRPO (GRPO 0.76-0.83),\n"
+    "and the per-seed difference GTPO - GRPO ranged from -0.04 to +0.05 (95% CI of its mean over the 8 seeds:\n"
+    "-0.009 to +0.047). A difference from one or two seeds inside that band is noise, not evidence."
 )
 
 
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seeds run in parallel, one CPU thread each (min(seeds, CPU cores))")
     parser.add_argument("--regime", choices=sorted(REGIMES), default="default",
                         help="a documented preset of the task and run sizes (gtpo_plugin/demo/regimes.py): "
-                        + "; ".join(f"{name}: {regime.about}" for name, regime in REGIMES.items())
+                        + "; ".join(f"{name}: {regime.about}" for name, regime in REGIMES.items()).replace("%", "%%")
                         + ". Options given explicitly override it (default)")
     parser.add_argument("--steps", type=positive_int("--steps"), default=None,
                         help=f"RL steps per arm (the regime's; default regime {defaults.steps})")
@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-steps", type=positive_int("--warmup-steps", 0), default=None,
                         help="supervised warm-up steps before RL (the regime's; default regime "
                         f"{defaults.warmup_steps})")
+    parser.add_argument("--eval-problems", type=positive_int("--eval-problems"), default=defaults.eval_problems,
+                        help="problems in the fixed evaluation set; pass@1 and pass@8 sample 8 completions of each "
+                        f"({defaults.eval_problems})")
+    parser.add_argument("--eval-every", type=positive_int("--eval-every", 0), default=0,
+                        help="also measure pass@1 on the evaluation set every N RL steps, for its peak over "
+                        "training (0: before and after RL only)")
+    parser.add_argument("--train-warmup", action="store_true",
+                        help="train the warm-up here even where the package ships it (the default settings on CPU)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder to keep warmed-up weights per seed in, shared between runs (none)")
     parser.add_argument("--out", type=Path, default=Path("gtpo_demo_out"), help="output folder (gtpo_demo_out)")
@@ -209,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     options = DemoOptions.for_regime(args.regime, preset=args.preset, steps=args.steps, group_size=args.group_size,
                                      prompts_per_step=args.prompts, seed=args.seed, device=device, lr=args.lr,
-                                     warmup_steps=args.warmup_steps, algorithms=args.arms,
+                                     warmup_steps=args.warmup_steps, algorithms=args.arms, eval_every=args.eval_every,
+                                     eval_problems=args.eval_problems, shipped_warmup=not args.train_warmup,
                                      cache=str(args.cache) if args.cache else None)
     seeds = list(range(args.seed, args.seed + args.seeds))
     settings = options.settings()

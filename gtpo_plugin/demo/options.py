@@ -20,6 +20,12 @@ if TYPE_CHECKING:
 class DemoOptions:
     """Everything that defines the runs of one seed; ``lr``/``group_size`` None take the preset's value.
 
+    ``shipped_warmup``: start from the warm-up the package ships for these settings when it has one
+    (:func:`gtpo_plugin.demo.pipeline.warmed_model`); False trains it here.
+
+    ``eval_every`` > 0 also measures pass@1 on the evaluation set every that many RL steps (for the peak
+    over training); before and after RL it is always measured.
+
     ``seed`` seeds reinforcement learning (prompts and sampling); the model is initialised and warmed
     up with ``warmup_seed``, the same for every seed of a study, as RL runs of a language model all
     start from one pretrained checkpoint. Seed-to-seed spread is then the spread of RL itself.
@@ -36,11 +42,13 @@ class DemoOptions:
     lr: float | None = None
     mini_batches: int = 2
     max_new_tokens: int = 40
-    warmup_steps: int = 300
+    warmup_steps: int = 1500
     warmup_batch_size: int = 64
     warmup_noise: float = 0.1
     warmup_lr: float = 3e-3
     eval_problems: int = 256
+    eval_every: int = 0
+    shipped_warmup: bool = True
     min_operands: int = MIN_OPERANDS
     max_operands: int = MAX_OPERANDS
     algorithms: tuple[str, ...] = ("gtpo", "grpo")
@@ -56,6 +64,8 @@ class DemoOptions:
         if longest_prompt + self.max_new_tokens > MAX_POSITIONS:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} with up to {self.max_operands} operands needs "
                              f"{longest_prompt + self.max_new_tokens} positions; the model has {MAX_POSITIONS}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: before and after RL only), got {self.eval_every}")
         unknown = [name for name in self.algorithms if name not in ALGORITHMS]
         if unknown or not self.algorithms:
             raise ValueError(f"algorithms must be names from {sorted(ALGORITHMS)}, got {list(self.algorithms)}")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from gtpo_plugin.demo.arms import ALGORITHMS
-from gtpo_plugin.demo.evaluate import evaluate, evaluation_problems
+from gtpo_plugin.demo.evaluate import evaluate_all, evaluation_problems, pass_at_k
 from gtpo_plugin.demo.model import build_model
 from gtpo_plugin.demo.options import DemoOptions
 from gtpo_plugin.demo.report import group_view, pick_group
@@ -40,8 +40,19 @@ def _warmup_key(options: DemoOptions) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# The default warm-up (1,500 steps, CPU), shipped with the package as RL's pretrained start: training it takes
+# minutes, and float rounding differs between torch builds, so every user starts RL from the same weights.
+SHIPPED_WARMUPS = Path(__file__).parent / "checkpoints"
+
+
+def shipped_warmup_path(options: DemoOptions) -> Path:
+    """Where the package keeps the warm-up of ``options``, if it ships one (the default options on CPU)."""
+    return SHIPPED_WARMUPS / f"warmup-{_warmup_key(options)}.pt"
+
+
 def warmed_model(options: DemoOptions, progress: Progress = _silent) -> tuple[torch.nn.Module, list[float]]:
-    """The model after the supervised warm-up, read from ``options.cache`` when it holds it.
+    """The model after the supervised warm-up: read from ``options.cache`` when it holds it, else from the
+    package when it ships these warm-up settings (and ``options.shipped_warmup``), else trained here.
 
     The warm-up depends only on ``warmup_seed`` and the warm-up settings (not on the RL seed, the
     preset or the arms), so every run that shares a cache folder warms up once.
@@ -50,8 +61,12 @@ def warmed_model(options: DemoOptions, progress: Progress = _silent) -> tuple[to
     model: torch.nn.Module = build_model(len(vocab), options.warmup_seed)
     model.to(torch.device(options.device))
     path = Path(options.cache) / f"warmup-{_warmup_key(options)}.pt" if options.cache else None
-    if path is not None and path.is_file():
-        saved = torch.load(path, map_location=options.device, weights_only=True)
+    sources = [path] if path is not None else []
+    if options.shipped_warmup:
+        sources.append(shipped_warmup_path(options))
+    found = next((source for source in sources if source.is_file()), None)
+    if found is not None:
+        saved = torch.load(found, map_location=options.device, weights_only=True)
         model.load_state_dict(saved["model"])
         return model, [float(loss) for loss in saved["losses"]]
     tick = progress("warm-up", options.warmup_steps)
@@ -69,7 +84,7 @@ def warmed_model(options: DemoOptions, progress: Progress = _silent) -> tuple[to
 
 
 # Bump when a change alters what a run computes, so that cached runs are not reused across it.
-RUN_CACHE_VERSION = 1
+RUN_CACHE_VERSION = 2
 
 
 def cached_run_path(options: DemoOptions, arm: str) -> Path | None:
@@ -85,7 +100,9 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
     """Warm up (or load) the seed's model, train each arm from a copy of it, evaluate greedily.
 
     Returns ``{"seed", "options", "warmup", "eval_before", "runs": {arm: {...}}, "group_view", "seconds"}``;
-    each run holds its per-step ``history``, ``eval_after``, ``initial_entropy`` and ``seconds``.
+    each run holds its per-step ``history``, ``eval_after``, ``eval_curve`` (pass@1 on the evaluation set
+    before RL, every ``options.eval_every`` steps when that is set, and after RL), ``initial_entropy`` and
+    ``seconds``. ``eval_before`` and ``eval_after`` hold greedy accuracy and pass@1/pass@8.
     ``group_view`` shows one group of the first step of the first GTPO-estimator arm (or None).
     With ``options.cache`` set, each finished run is kept there and a later call with the same
     options and arm reads it instead of training again (the runs are deterministic on CPU).
@@ -94,8 +111,13 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
     vocab = build_vocab()
     base, losses = warmed_model(options, progress)
     problems = evaluation_problems(options.eval_problems, options.min_operands, options.max_operands)
-    eval_before = evaluate(base, vocab, problems, max_new_tokens=options.max_new_tokens)
     settings = options.settings()
+
+    def evaluate_model(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_all(model, vocab, problems, max_new_tokens=options.max_new_tokens,
+                            temperature=settings.temperature)
+
+    eval_before = evaluate_model(base)
     runs: dict[str, dict[str, Any]] = {}
     view: str | None = None
     for name in options.algorithms:
@@ -110,14 +132,23 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
         trainer = Trainer(algorithm, copy.deepcopy(base), vocab, settings, seed=options.seed + 1)
         tick = progress(name.upper(), options.steps)
         first: list[StepRecord] = []
+        curve = [{"step": 0, "pass@1": eval_before["pass@1"]}]
 
         def on_step(record: StepRecord, tick: Callable[[dict[str, float]], None] = tick,
-                    first: list[StepRecord] = first) -> None:
+                    first: list[StepRecord] = first, curve: list[dict[str, float]] = curve,
+                    trainer: Trainer = trainer) -> None:
             if not first:
                 first.append(record)
+            step = int(record.metrics["step"])
+            if options.eval_every and step % options.eval_every == 0 and step < options.steps:
+                curve.append({"step": step, "pass@1": pass_at_k(trainer.model, vocab, problems,
+                                                                max_new_tokens=options.max_new_tokens,
+                                                                temperature=settings.temperature)["pass@1"]})
             tick({"reward": record.metrics["reward/mean"], "acc": record.metrics["accuracy/sampled"]})
 
         history = run(trainer, on_step)
+        eval_after = evaluate_model(trainer.model)
+        curve.append({"step": options.steps, "pass@1": eval_after["pass@1"]})
         if view is None and algorithm.adv_estimator == "gtpo":
             group = pick_group(first[0])
             view = group_view(first[0], vocab, group) if group is not None else None
@@ -127,11 +158,13 @@ def run_seed(options: DemoOptions, progress: Progress = _silent) -> dict[str, An
             "gtpo": settings.knobs(algorithm) if algorithm.adv_estimator == "gtpo" else None,
             "initial_entropy": float(trainer.initial_entropy if trainer.initial_entropy is not None else math.nan),
             "history": history,
-            "eval_after": evaluate(trainer.model, vocab, problems, max_new_tokens=options.max_new_tokens),
+            "eval_after": eval_after,
+            "eval_curve": curve,
             "seconds": time.perf_counter() - run_start,
         }
         if cached is not None:
             entry = {**runs[name], "group_view": view if algorithm.adv_estimator == "gtpo" else None}
+            cached.parent.mkdir(parents=True, exist_ok=True)  # a shipped warm-up leaves the cache folder unmade
             cached.write_text(json.dumps(entry), encoding="utf-8")
     return {
         "seed": options.seed,

@@ -140,8 +140,8 @@ def plot_study(path: Path, results: Sequence[dict[str, Any]], arms: Sequence[str
 
     steps = len(results[0]["runs"][arms[0]]["history"])
     window = max(1, steps // 10)
-    figure, axes = plt.subplots(3, 3, figsize=(15, 11), constrained_layout=True)
-    for axis, (key, panel) in zip(axes.flat, STUDY_PANELS, strict=True):
+    figure, axes = plt.subplots(3, 4, figsize=(20, 11), constrained_layout=True)
+    for axis, (key, panel) in zip(axes.flat, STUDY_PANELS, strict=False):
         for arm in arms:
             smoothed = np.array([smooth([rec.get(key, math.nan) for rec in r["runs"][arm]["history"]], window)
                                  for r in results])
@@ -158,11 +158,54 @@ def plot_study(path: Path, results: Sequence[dict[str, Any]], arms: Sequence[str
         axis.set_title(panel, fontsize=10)
         axis.set_xlabel("RL step")
         axis.grid(alpha=0.3)
+    plot_eval_curve(axes.flat[len(STUDY_PANELS)], results, arms)
+    plot_before_after(axes.flat[len(STUDY_PANELS) + 1], results, arms)
+    axes.flat[len(STUDY_PANELS) + 2].axis("off")
     axes.flat[0].legend(loc="best", fontsize=9)
     band = "bands: 95% Student t over seeds" if len(results) > 1 else "one seed: no band"
     figure.suptitle(f"{title}\n{len(results)} seed(s); mean of moving averages over {window} steps; {band}")
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def plot_eval_curve(axis: Any, results: Sequence[dict[str, Any]], arms: Sequence[str]) -> None:
+    """pass@1 on the evaluation set at the steps where it was measured, mean over seeds with its band."""
+    from gtpo_plugin.stats import mean_band
+
+    for arm in arms:
+        steps = [point["step"] for point in results[0]["runs"][arm]["eval_curve"]]
+        values = np.array([[point["pass@1"] for point in r["runs"][arm]["eval_curve"]] for r in results])
+        mean, low, high = mean_band(values)
+        axis.plot(steps, mean, marker="o", color=ARM_COLORS.get(arm), linewidth=2, label=arm.upper())
+        if len(results) > 1:
+            axis.fill_between(steps, low, high, color=ARM_COLORS.get(arm), alpha=0.18, linewidth=0)
+    axis.set_title("pass@1 on the evaluation set (8 samples per problem)", fontsize=10)
+    axis.set_xlabel("RL step")
+    axis.grid(alpha=0.3)
+
+
+def plot_before_after(axis: Any, results: Sequence[dict[str, Any]], arms: Sequence[str]) -> None:
+    """Greedy accuracy, pass@1 and pass@8 before RL and after RL per arm (mean over seeds, 95% t error bars)."""
+    from gtpo_plugin.stats import mean_ci
+
+    metrics = (("accuracy", "greedy"), ("pass@1", "pass@1"), ("pass@8", "pass@8"))
+    groups = [("before RL", [r["eval_before"] for r in results], "tab:gray")]
+    groups += [(arm.upper(), [r["runs"][arm]["eval_after"] for r in results], ARM_COLORS.get(arm, "black"))
+               for arm in arms]
+    width = 0.8 / len(groups)
+    for index, (label, evaluations, color) in enumerate(groups):
+        intervals = [mean_ci([values[key] for values in evaluations]) for key, _ in metrics]
+        means = np.array([interval.mean for interval in intervals])
+        spread = np.array([[interval.mean - interval.ci_low for interval in intervals],
+                           [interval.ci_high - interval.mean for interval in intervals]])
+        x = np.arange(len(metrics)) + (index - (len(groups) - 1) / 2) * width
+        errors = spread if len(results) > 1 else None
+        axis.bar(x, means, width, color=color, label=label, yerr=errors, capsize=2)
+    axis.set_xticks(np.arange(len(metrics)), [name for _, name in metrics])
+    axis.set_ylim(0, 1)
+    axis.set_title("evaluation set: before RL and after RL", fontsize=10)
+    axis.legend(loc="best", fontsize=8)
+    axis.grid(alpha=0.3, axis="y")
 
 
 def _interval_text(interval: dict[str, Any], digits: int = 3) -> str:
@@ -203,6 +246,20 @@ def markdown_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def learning_table(study: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows: per arm and evaluation metric, before RL, after RL, and the change after - before [95% CI]."""
+    before = list(study["eval_before_rl"].values())
+    rows: list[tuple[str, ...]] = [("arm", "metric", "before RL", "after RL", "after - before")]
+    for arm, changes in study["learning"].items():
+        for key, change in changes.items():
+            source = "accuracy" if key == "greedy_accuracy" else key
+            mean_before = float(np.mean([values[source] for values in before]))
+            after = study["summary"][arm].get(key)
+            rows.append((arm.upper(), key, f"{mean_before:.3f}",
+                         _interval_text(after) if after is not None else "-", _interval_text(change)))
+    return rows
+
+
 def study_summary(study: dict[str, Any], noise_band: str) -> str:
     """The text of ``summary.txt`` for a study: what ran, the table, how to read it."""
     seeds = study["seeds"]
@@ -215,6 +272,10 @@ def study_summary(study: dict[str, Any], noise_band: str) -> str:
         f"{options['group_size'] or 8} completions per arm",
         f"values: mean [{study['ci_method']}]",
         "detectable: the smallest true paired difference these seeds detect with 80% power at alpha 0.05",
+        "",
+        "Evaluation set (fixed problems): greedy accuracy, pass@1 and pass@8 (8 samples per problem at the "
+        "rollout temperature)",
+        format_table(learning_table(study)),
         "",
         format_table(study_table(study)),
         "",

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from transformers import StaticCache
 from verl import DataProto
 
 from gtpo_plugin.demo.model import response_log_probs
 from gtpo_plugin.demo.task import Grade, Problem, grade
 from gtpo_plugin.demo.vocab import Vocab, pad_left, pad_right
+
+# A reward computed on a completion's tokens, its problem and the task's grade of it (for tests and probes).
+RewardFn = Callable[[Sequence[str], Problem, Grade], float]
 
 
 @dataclass
@@ -38,35 +44,67 @@ def sample(
 ) -> list[list[int]]:
     """Sample one completion per prompt row at ``temperature``, each ending at ``<eos>`` or ``max_new_tokens``.
 
-    ``generator=None`` decodes greedily (the most likely token) instead, for evaluation. Keys and
-    values are cached, so a batch of B rows costs B·(prompt + max_new_tokens) token forwards.
-    Sampling draws from ``generator`` on the CPU so that runs repeat exactly on any device; the
-    draws depend only on the batch shape, so two policies that agree sample the same tokens.
+    ``generator=None`` decodes greedily (the most likely token) instead, for evaluation. See
+    :func:`sample_with_log_probs`, which this calls.
     """
-    batch = prompts.shape[0]
+    rows, _ = sample_with_log_probs(model, prompts, prompt_mask, eos_id=eos_id, pad_id=pad_id,
+                                    max_new_tokens=max_new_tokens, generator=generator, temperature=temperature)
+    return rows
+
+
+@torch.no_grad()
+def sample_with_log_probs(
+    model: torch.nn.Module,
+    prompts: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    generator: torch.Generator | None,
+    temperature: float = 1.0,
+) -> tuple[list[list[int]], list[list[float]]]:
+    """:func:`sample`, also returning the sampler's own log-probability of each token it drew.
+
+    The log-probabilities are those of the distribution drawn from, softmax(logits / ``temperature``),
+    taken in the cached decoding loop: the rollout engine's log-probs, which the trainer's teacher-forced
+    recomputation must reproduce (the demo's ``demo/rollout_probs_diff_max``). Keys and values are
+    cached, so a batch of B rows costs B·(prompt + max_new_tokens) token forwards. Sampling draws from
+    ``generator`` on the CPU so that runs repeat exactly on any device; the draws depend only on the batch
+    shape, so two policies that agree sample the same tokens.
+    """
+    batch, prompt_length = prompts.shape
     mask = prompt_mask
     positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
-    output = model(input_ids=prompts, attention_mask=mask, position_ids=positions, use_cache=True)
+    # A cache of fixed size, written in place: a growing cache re-copies itself at every token (O(T^2)).
+    config: Any = model.config  # a transformers causal LM's config
+    cache = StaticCache(config=config, max_cache_len=prompt_length + max_new_tokens)
+    output = model(input_ids=prompts, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   cache_position=torch.arange(prompt_length, device=prompts.device), use_cache=True)
     next_position = positions[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool)
     rows: list[list[int]] = [[] for _ in range(batch)]
-    for _ in range(max_new_tokens):
+    row_log_probs: list[list[float]] = [[] for _ in range(batch)]
+    for step in range(max_new_tokens):
         logits = output.logits[:, -1].float().cpu()
         if generator is None:
             tokens = logits.argmax(dim=-1)
         else:
             tokens = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(1)
+        drawn = torch.log_softmax(logits / temperature, dim=-1).gather(1, tokens[:, None]).squeeze(1)
         for i in torch.nonzero(~done).flatten().tolist():
             rows[i].append(int(tokens[i]))
+            row_log_probs[i].append(float(drawn[i]))
         tokens = torch.where(done, pad_id, tokens)
         done |= tokens == eos_id
         if bool(done.all()):
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        where = torch.tensor([prompt_length + step], device=prompts.device)
         output = model(input_ids=tokens[:, None].to(prompts.device), attention_mask=mask, position_ids=next_position,
-                       past_key_values=output.past_key_values, use_cache=True)
+                       past_key_values=cache, cache_position=where, use_cache=True)
         next_position = next_position + 1
-    return rows
+    return rows, row_log_probs
 
 
 def response_checksum(responses: torch.Tensor) -> float:
@@ -85,16 +123,17 @@ def rollout(
     max_new_tokens: int,
     generator: torch.Generator,
     step: int,
-    reward: str,
+    reward: str | RewardFn,
     temperature: float,
 ) -> Rollout:
     """Sample ``group_size`` completions per problem, grade them and build the verl batch.
 
     The ``DataProto`` holds verl's names: ``prompts``, ``responses`` ``[B, L]`` (right-padded),
-    ``response_mask``, ``token_level_rewards`` (the reward, of kind ``reward``, on each completion's
-    last valid token), ``old_log_probs`` and ``entropy`` of the sampling distribution (one
-    teacher-forced pass at ``temperature``, as verl's actor recomputes them), and ``uid`` per row (one
-    id per prompt: the GRPO/GTPO group).
+    ``response_mask``, ``token_level_rewards`` (the reward on each completion's last valid token: of kind
+    ``reward``, or ``reward(tokens, problem, grade)`` when it is a function), ``old_log_probs`` and
+    ``entropy`` of the sampling distribution (one teacher-forced pass at ``temperature``, as verl's actor
+    recomputes them), ``rollout_log_probs`` (the sampler's own log-probs of the drawn tokens, as verl's
+    rollout engines return them), and ``uid`` per row (one id per prompt: the GRPO/GTPO group).
     """
     device = next(model.parameters()).device
     repeated = [problem for problem in problems for _ in range(group_size)]
@@ -102,9 +141,13 @@ def rollout(
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     was_training = model.training
     model.eval()
-    rows = sample(model, prompt_ids, prompt_mask, eos_id=vocab.eos_id, pad_id=vocab.pad_id,
-                  max_new_tokens=max_new_tokens, generator=generator, temperature=temperature)
+    rows, sampler_log_probs = sample_with_log_probs(
+        model, prompt_ids, prompt_mask, eos_id=vocab.eos_id, pad_id=vocab.pad_id, max_new_tokens=max_new_tokens,
+        generator=generator, temperature=temperature)
     responses, response_mask = pad_right(rows, vocab.pad_id, width=max_new_tokens)
+    rollout_log_probs = torch.zeros(responses.shape, dtype=torch.float32)
+    for i, values in enumerate(sampler_log_probs):
+        rollout_log_probs[i, : len(values)] = torch.tensor(values, dtype=torch.float32)
     responses, response_mask = responses.to(device), response_mask.to(device)
     with torch.no_grad():
         old_log_probs, entropy = response_log_probs(model, prompt_ids, prompt_mask, responses,
@@ -113,7 +156,11 @@ def rollout(
     model.train(was_training)
 
     grades = [grade(vocab.decode(row), problem) for row, problem in zip(rows, repeated, strict=True)]
-    values = [g.reward(reward) for g in grades]
+    if callable(reward):
+        values = [float(reward(vocab.decode(row), problem, g)) for row, problem, g in zip(rows, repeated, grades,
+                                                                                         strict=True)]
+    else:
+        values = [g.reward(reward) for g in grades]
     rewards = torch.tensor(values, dtype=torch.float32, device=device)
     lengths = response_mask.sum(dim=1)
     token_level_rewards = torch.zeros(responses.shape, dtype=torch.float32, device=device)
@@ -130,6 +177,7 @@ def rollout(
             "response_mask": response_mask,
             "token_level_rewards": token_level_rewards,
             "old_log_probs": old_log_probs,
+            "rollout_log_probs": rollout_log_probs.to(device),
             "entropy": entropy * response_mask,
         },
         non_tensors={"uid": uid},

@@ -37,6 +37,10 @@ CI_METHOD = ("Student t, two-sided 95%, n - 1 degrees of freedom, over seeds; pa
 # (key in study.json, description): the final metrics of one (seed, arm) run.
 FINAL_METRICS = (
     ("greedy_accuracy", "greedy accuracy on the fixed evaluation set after RL"),
+    ("pass@1", "mean accuracy of 8 samples per problem at the rollout temperature, evaluation set, after RL"),
+    ("pass@8", "share of evaluation problems with a right answer among those 8 samples, after RL"),
+    ("peak_pass@1", "highest pass@1 measured on the evaluation set over training (before RL included)"),
+    ("peak_pass@1_step", "the RL step of that highest pass@1 (0: before RL)"),
     ("greedy_format_accuracy", "greedy format accuracy (full format reward) after RL"),
     ("sampled_reward", "mean sampled reward (the preset's scale), last 20% of steps"),
     ("sampled_accuracy", "share of sampled completions with the right answer, last 20% of steps"),
@@ -91,8 +95,25 @@ def final_metrics(run: dict[str, Any]) -> dict[str, float]:
     history = run["history"]
     values = {key: tail_mean(history, curve, fraction) for key, (curve, fraction) in CURVE_KEYS.items()}
     values["greedy_accuracy"] = float(run["eval_after"]["accuracy"])
+    values["pass@1"] = float(run["eval_after"]["pass@1"])
+    values["pass@8"] = float(run["eval_after"]["pass@8"])
+    peak = max(run["eval_curve"], key=lambda point: point["pass@1"])  # the earliest step on ties
+    values["peak_pass@1"] = float(peak["pass@1"])
+    values["peak_pass@1_step"] = float(peak["step"])
     values["greedy_format_accuracy"] = float(run["eval_after"]["format_accuracy"])
     return {key: values[key] for key, _ in FINAL_METRICS}
+
+
+# (key in study.json, key in eval_before / eval_after): what "learning" compares after RL against before.
+LEARNING_METRICS = (("greedy_accuracy", "accuracy"), ("pass@1", "pass@1"), ("pass@8", "pass@8"))
+
+
+def learning(results: Sequence[dict[str, Any]], arms: Sequence[str]) -> dict[str, Any]:
+    """Per arm and metric: after RL minus before RL, paired on the seeds (each seed's own before value)."""
+    return {arm: {key: paired_difference([r["runs"][arm]["eval_after"][name] for r in results],
+                                         [r["eval_before"][name] for r in results], CONFIDENCE).to_dict()
+                  for key, name in LEARNING_METRICS}
+            for arm in arms}
 
 
 def _defined(values: Sequence[float]) -> bool:
@@ -212,6 +233,7 @@ def summarise(results: Sequence[dict[str, Any]], options: DemoOptions, seconds: 
         "paired_vs_grpo": paired,
         "null_identity": null_identity(results),
         "eval_before_rl": {str(r["seed"]): r["eval_before"] for r in results},
+        "learning": learning(results, arms),
         "first_step_conflict_token_share": mean_ci(first_step_conflicts, CONFIDENCE).to_dict(),
         "wall_time_s": seconds,
     }

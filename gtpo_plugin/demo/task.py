@@ -114,14 +114,18 @@ def max_number() -> int:
     return MAX_OPERANDS * MAX_DIGIT + 10
 
 
-def noisy_demonstration(problem: Problem, generator: torch.Generator, noise: float) -> list[str]:
-    """A warm-up target: random step forms; each step's sum off by 1 or 2 with probability ``noise``.
+def noisy_demonstration(problem: Problem, generator: torch.Generator, noise: float,
+                        forms: Sequence[str] = STEP_FORMS) -> list[str]:
+    """A warm-up target: step forms drawn from ``forms``; each step's sum off by 1 or 2 with probability ``noise``.
 
     A wrong step carries into the following ones (they add to the written sum) and the answer copies
     the last written sum, so the warm-up teaches the format, the forms and the copy rules firmly but
     the arithmetic only roughly; reinforcement learning has to sharpen it.
     """
-    written, forms = [], []
+    if not forms or any(form not in STEP_FORMS for form in forms):
+        raise ValueError(f"forms must be a non-empty selection of {STEP_FORMS}, got {list(forms)}")
+    written: list[int] = []
+    chosen: list[str] = []
     running = problem.operands[0]
     for operand in problem.operands[1:]:
         value = running + operand
@@ -129,10 +133,10 @@ def noisy_demonstration(problem: Problem, generator: torch.Generator, noise: flo
             offset = int(torch.randint(1, 3, (), generator=generator))
             value += offset if float(torch.rand((), generator=generator)) < 0.5 else -offset
             value = min(max(value, 0), max_number())
-        forms.append(STEP_FORMS[int(torch.randint(0, len(STEP_FORMS), (), generator=generator))])
+        chosen.append(forms[int(torch.randint(0, len(forms), (), generator=generator))])
         written.append(value)
         running = value
-    return completion_tokens(problem, written, forms)
+    return completion_tokens(problem, written, chosen)
 
 
 @dataclass(frozen=True)

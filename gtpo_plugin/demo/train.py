@@ -19,13 +19,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from verl import DataProto
 from verl.trainer.ppo import core_algos, ray_trainer
+from verl.utils.debug.metrics import calculate_debug_metrics
 from verl.workers.config import FSDPActorConfig, OptimizerConfig, PolicyLossConfig
 
 from gtpo_plugin import compute_gtpo_terms, conflict_weights, gtpo_metrics, mean_completion_entropy
 from gtpo_plugin.demo.arms import Algorithm
 from gtpo_plugin.demo.mechanisms import MECHANISM_KEYS, mechanism_metrics
 from gtpo_plugin.demo.model import response_log_probs
-from gtpo_plugin.demo.rollout import Rollout, response_checksum, rollout
+from gtpo_plugin.demo.rollout import RewardFn, Rollout, response_checksum, rollout
 from gtpo_plugin.demo.task import FORMAT_TAG_TOKENS, MAX_OPERANDS, MIN_OPERANDS, sample_problems
 from gtpo_plugin.demo.vocab import Vocab
 
@@ -41,7 +42,7 @@ class RLSettings:
     mini_batches: int
     max_new_tokens: int
     temperature: float = 1.0
-    reward: str = "correctness"
+    reward: str | RewardFn = "correctness"
     norm_adv_by_std: bool = True
     clip_ratio: float = 0.2
     # verl's dual-clip bound for the vanilla loss (its default); the gtpo loss has no dual-clip.
@@ -270,10 +271,16 @@ class Trainer:
 
 def rollout_metrics(batch: Rollout) -> dict[str, float]:
     """Reward (the preset's), accuracy, format accuracy, token entropy (verl's ``actor/entropy``: token
-    mean), length, and a checksum of the sampled tokens (two arms sampled the same batch iff equal)."""
+    mean), length, a checksum of the sampled tokens (two arms sampled the same batch iff equal), and
+    verl's own rollout-vs-actor comparison (``calculate_debug_metrics``: ``training/rollout_probs_diff_max``
+    is the largest |p_sampler − p_actor| over valid tokens, 0 up to float rounding when the trainer's
+    recomputed ``old_log_probs`` are the sampler's)."""
     mask = batch.data.batch["response_mask"].float()
     entropy = float((batch.data.batch["entropy"] * mask).sum() / mask.sum().clamp(min=1))
+    diff = calculate_debug_metrics(batch.data)
     return {
+        "demo/rollout_probs_diff_max": float(diff["training/rollout_probs_diff_max"]),
+        "demo/rollout_probs_diff_mean": float(diff["training/rollout_probs_diff_mean"]),
         "reward/mean": float(np.mean(batch.rewards)),
         "accuracy/sampled": float(np.mean([g.correct for g in batch.grades])),
         "format/accuracy": float(np.mean([g.well_formed for g in batch.grades])),
