@@ -186,9 +186,10 @@ def plot_eval_curve(axis: Any, results: Sequence[dict[str, Any]], arms: Sequence
 
 def plot_before_after(axis: Any, results: Sequence[dict[str, Any]], arms: Sequence[str]) -> None:
     """Greedy accuracy, pass@1 and pass@8 before RL and after RL per arm (mean over seeds, 95% t error bars)."""
+    from gtpo_plugin.demo.study import LEARNING_METRICS
     from gtpo_plugin.stats import mean_ci
 
-    metrics = (("accuracy", "greedy"), ("pass@1", "pass@1"), ("pass@8", "pass@8"))
+    metrics = [(source, "greedy" if key == "greedy_accuracy" else key) for key, source in LEARNING_METRICS]
     groups = [("before RL", [r["eval_before"] for r in results], "tab:gray")]
     groups += [(arm.upper(), [r["runs"][arm]["eval_after"] for r in results], ARM_COLORS.get(arm, "black"))
                for arm in arms]
@@ -248,11 +249,14 @@ def markdown_table(rows: list[tuple[str, ...]]) -> str:
 
 def learning_table(study: dict[str, Any]) -> list[tuple[str, ...]]:
     """Rows: per arm and evaluation metric, before RL, after RL, and the change after - before [95% CI]."""
+    from gtpo_plugin.demo.study import LEARNING_METRICS
+
     before = list(study["eval_before_rl"].values())
     rows: list[tuple[str, ...]] = [("arm", "metric", "before RL", "after RL", "after - before")]
+    sources = dict(LEARNING_METRICS)
     for arm, changes in study["learning"].items():
         for key, change in changes.items():
-            source = "accuracy" if key == "greedy_accuracy" else key
+            source = sources[key]
             mean_before = float(np.mean([values[source] for values in before]))
             after = study["summary"][arm].get(key)
             rows.append((arm.upper(), key, f"{mean_before:.3f}",

@@ -83,18 +83,18 @@ def sample_with_log_probs(
                    cache_position=torch.arange(prompt_length, device=prompts.device), use_cache=True)
     next_position = positions[:, -1:] + 1
     done = torch.zeros(batch, dtype=torch.bool)
-    rows: list[list[int]] = [[] for _ in range(batch)]
-    row_log_probs: list[list[float]] = [[] for _ in range(batch)]
+    lengths = torch.zeros(batch, dtype=torch.long)
+    token_columns: list[torch.Tensor] = []
+    log_prob_columns: list[torch.Tensor] = []
     for step in range(max_new_tokens):
         logits = output.logits[:, -1].float().cpu()
         if generator is None:
             tokens = logits.argmax(dim=-1)
         else:
             tokens = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(1)
-        drawn = torch.log_softmax(logits / temperature, dim=-1).gather(1, tokens[:, None]).squeeze(1)
-        for i in torch.nonzero(~done).flatten().tolist():
-            rows[i].append(int(tokens[i]))
-            row_log_probs[i].append(float(drawn[i]))
+        token_columns.append(tokens)
+        log_prob_columns.append(torch.log_softmax(logits / temperature, dim=-1).gather(1, tokens[:, None]).squeeze(1))
+        lengths += ~done  # a row keeps the token drawn at the step it ends (<eos>), nothing after it
         tokens = torch.where(done, pad_id, tokens)
         done |= tokens == eos_id
         if bool(done.all()):
@@ -104,7 +104,13 @@ def sample_with_log_probs(
         output = model(input_ids=tokens[:, None].to(prompts.device), attention_mask=mask, position_ids=next_position,
                        past_key_values=cache, cache_position=where, use_cache=True)
         next_position = next_position + 1
-    return rows, row_log_probs
+    if not token_columns:  # max_new_tokens == 0
+        return [[] for _ in range(batch)], [[] for _ in range(batch)]
+    drawn_tokens = torch.stack(token_columns, dim=1).tolist()
+    drawn_log_probs = torch.stack(log_prob_columns, dim=1).tolist()
+    ends = lengths.tolist()
+    return ([row[:end] for row, end in zip(drawn_tokens, ends, strict=True)],
+            [row[:end] for row, end in zip(drawn_log_probs, ends, strict=True)])
 
 
 def response_checksum(responses: torch.Tensor) -> float:
