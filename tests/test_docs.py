@@ -19,8 +19,6 @@ from helpers import METRIC_KEYS
 
 from gtpo_plugin import GTPOConfig, compute_gtpo_terms, gtpo_metrics
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 REPO = Path(__file__).resolve().parents[1]
 PAGES = sorted([REPO / "README.md", REPO / "recipes" / "README.md", *(REPO / "docs").glob("*.md")])
 

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.newest_verl  # the GPU bundle's verl is 0.9.1, whose metadata it reads
-
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "download_wheels.py"
 _spec = importlib.util.spec_from_file_location("download_wheels", SCRIPT)
 assert _spec is not None and _spec.loader is not None
@@ -28,7 +26,7 @@ _spec.loader.exec_module(download_wheels)
 
 def listed(*args: str) -> list[list[str]]:
     result = subprocess.run([sys.executable, str(SCRIPT), "--list", *args], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=600)
     assert result.returncode == 0, result.stderr
     return [shlex.split(line) for line in result.stdout.splitlines()]
 
@@ -81,7 +79,7 @@ def test_verl_vllm_extra_pins_vllm_0_24_0():
 @pytest.mark.parametrize(("glibc", "python"), [("2.16", "3.12"), ("3.1", "3.12"), ("2.35", "312")])
 def test_bad_target_is_refused(glibc, python):
     result = subprocess.run([sys.executable, str(SCRIPT), "--list", "--glibc", glibc, "--python-version", python],
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and result.stderr.startswith("download_wheels: --")
 
 

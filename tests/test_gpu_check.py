@@ -24,7 +24,6 @@ verl = pytest.importorskip("verl")
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [
-    pytest.mark.newest_verl,
     pytest.mark.skipif(shutil.which("bash") is None, reason="the check is a bash script"),
     pytest.mark.skipif(not (verl_required() or os.environ.get("GTPO_GPU_BUNDLE") == "1"),
                        reason="downloads the GPU bundle's wheels: runs in CI or with GTPO_GPU_BUNDLE=1"),

@@ -19,8 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("gtpo", "grpo_no_kl", "grpo")
-pytestmark = [pytest.mark.newest_verl,  # verl-free: the same test whatever verl is installed (CI time)
-              pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+pytestmark = [pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                  reason="the check is a bash script that uses coreutils' timeout")]
 
 STAND_IN = r"""#!/usr/bin/env bash
@@ -51,7 +50,7 @@ def run_check(tmp_path: Path, fail_run: str = "") -> tuple[subprocess.CompletedP
            "OUT": str(tmp_path / "out"), "FIT_LOG": str(fit_log), "FIT_SECONDS": "2", "FAIL_RUN": fail_run}
     env.pop("DRY_RUN", None)
     result = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh")], env=env, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=600)
     events = [(kind, name, float(moment)) for kind, name, moment in map(str.split, fit_log.read_text().splitlines())]
     return result, events
 

@@ -12,8 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import distribution
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -52,7 +50,6 @@ def test_the_entry_points_were_found() -> None:
     assert len(argparse_scripts()) >= 10
 
 
-@pytest.mark.newest_verl
 def test_help_exits_0_for_every_entry_point() -> None:
     def run(command: list[str]) -> tuple[list[str], subprocess.CompletedProcess[str]]:
         return command, subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -9,8 +9,6 @@ from batches import Batch
 
 from gtpo_plugin import compute_gtpo_terms, gtpo_metrics
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 
 def test_metrics_on_the_worked_example():
     # Spec example with rewards 1, 0, 1 in group q and an empty completion in its own group r.

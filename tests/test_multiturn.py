@@ -25,8 +25,6 @@ from naive_reference import (
 from gtpo_plugin import completion_entropy, compute_gtpo_advantage, compute_gtpo_terms, conflict_weights
 from gtpo_plugin._validation import ModelPositions, check_response_mask
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 LN2 = math.log(2)
 MODES = ["prefix_suffix", "any", "none"]
 

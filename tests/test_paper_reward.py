@@ -16,8 +16,6 @@ from gtpo_plugin.paper_reward import (
     paper_reward,
 )
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 DEMO_TAGS = FormatTags("<r>", "</r>", "<a>", "</a>")
 GOOD = "<reasoning>\n48 / 2 = 24, and 48 + 24 = 72.\n</reasoning>\n<answer>\n72\n</answer>"
 

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.newest_verl  # runs the suite without verl
-
 REPO = Path(__file__).resolve().parents[1]
 # verl and megatron-core, and what a core-only install would lack with them (pyproject's verl extra).
 HIDDEN = ("verl", "megatron", "omegaconf", "hydra", "ray", "transfer_queue", "tensordict", "torchdata")

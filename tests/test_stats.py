@@ -9,8 +9,6 @@ import pytest
 
 from gtpo_plugin.stats import Interval, detectable_difference, mean_band, mean_ci, paired_difference, paired_t_power
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 
 def test_mean_ci_hand_computed():
     # [1, 2, 3, 4]: mean 2.5, s = sqrt(5/3) = 1.290994, se = s / 2 = 0.645497,

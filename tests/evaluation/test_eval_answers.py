@@ -11,8 +11,6 @@ import pytest
 from gtpo_plugin.evaluation import answers_match, extract_answer, is_well_formatted, normalize_answer
 from gtpo_plugin.evaluation.answers import MAX_ANSWER_CHARS
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 
 def formatted(answer: str, reasoning: str = "Add the two numbers.") -> str:
     return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{answer}\n</answer>\n"

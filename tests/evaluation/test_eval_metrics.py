@@ -13,8 +13,6 @@ from hypothesis import strategies as st
 
 from gtpo_plugin.evaluation import maj_at_k, majority_vote, pass_at_k
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> Fraction:
     """Share of the k-subsets of n samples (the first c correct) that hold a correct sample."""

@@ -48,7 +48,7 @@ def test_dry_run_prints_resolved_generation_config(tmp_path):
     )
     result = subprocess.run(
         ["bash", str(RECIPE), "actor_rollout_ref.rollout.max_num_seqs=64"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=env, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     config = yaml.safe_load(result.stdout)

@@ -12,8 +12,6 @@ from gtpo_plugin.evaluation import read_samples, score_records
 from gtpo_plugin.evaluation.cli import main
 from gtpo_plugin.evaluation.scoring import default_ks
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 
 def formatted(answer: str) -> str:
     return f"<reasoning>\nWork it out.\n</reasoning>\n<answer>\n{answer}\n</answer>"

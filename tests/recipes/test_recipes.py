@@ -344,7 +344,7 @@ def test_environment_variables_and_extra_arguments(runs):
 def test_bad_dataset_is_refused_before_verl(tmp_path):
     result = subprocess.run(["bash", str(RECIPES / "run_gtpo_fsdp.sh")], cwd=tmp_path,
                             env=script_env(tmp_path, DRY_RUN="1", DATASET="aime2024"),
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     assert "DATASET must be gsm8k or math, got 'aime2024'" in result.stderr
     assert "verl.trainer.main_ppo" not in result.stderr
@@ -363,7 +363,7 @@ def test_preset_and_seed_are_checked_before_verl(tmp_path, variables, args, mess
     # A Hydra preset=... would silently win over PRESET while the run name kept PRESET's.
     result = subprocess.run(["bash", str(RECIPES / "run_grpo_fsdp.sh"), *args], cwd=tmp_path,
                             env=script_env(tmp_path, DRY_RUN="1", **variables),
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     assert message in result.stderr
     assert "verl.trainer.main_ppo" not in result.stderr
@@ -383,7 +383,7 @@ def test_without_dry_run_missing_data_stops_the_script(tmp_path):
     env = script_env(tmp_path, ARGV_FILE=str(tmp_path / "argv"), DATA_DIR=str(tmp_path / "none"))
     env["PATH"] = f"{fake_python(tmp_path)}{os.pathsep}{env['PATH']}"
     result = subprocess.run(["bash", str(RECIPES / "run_grpo_megatron.sh")], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 1
     assert f"missing data file {tmp_path / 'none' / 'gsm8k' / 'train.parquet'}" in result.stderr
     assert "scripts/prepare_data.py" in result.stderr
@@ -398,7 +398,7 @@ def test_without_dry_run_the_same_command_trains(tmp_path):
     env = script_env(tmp_path, ARGV_FILE=str(tmp_path / "argv"), DATA_DIR=str(tmp_path / "data"))
     env["PATH"] = f"{fake_python(tmp_path)}{os.pathsep}{env['PATH']}"
     result = subprocess.run(["bash", str(RECIPES / "run_gtpo_fsdp.sh"), "trainer.total_epochs=1"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=60)
+                            env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     argv = (tmp_path / "argv").read_text(encoding="utf-8").splitlines()
     assert argv[:5] == ["-m", "verl.trainer.main_ppo", "--config-path", str(RECIPES / "config"), "--config-name"]

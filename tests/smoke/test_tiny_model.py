@@ -9,8 +9,6 @@ import torch
 
 from gtpo_plugin.smoke.tiny_model import FORMAT_TAGS, IM_END, build_model, build_tokenizer
 
-pytestmark = pytest.mark.newest_verl  # verl-free: the same test whatever verl is installed (CI time)
-
 transformers = pytest.importorskip("transformers")
 
 TEXTS = (

@@ -21,8 +21,6 @@ from verl_adapter.verl_changes import SCENARIOS  # noqa: E402
 
 from gtpo_plugin.verl_adapter import TRAINER_MODULES  # noqa: E402
 
-pytestmark = pytest.mark.newest_verl  # the simulated changes are made to a copy of the installed verl
-
 RUNNER = os.path.join(os.path.dirname(__file__), "verl_changes.py")
 
 

@@ -37,6 +37,9 @@ from verl_adapter.torch_unpadding import use_torch_unpadding_where_verl_needs_fl
 
 from gtpo_plugin.verl_adapter.trainer_hooks import OLD_ENTROPY  # noqa: E402
 
+# CI runs it on verl 0.9.0 too (step 2): the one-step-off and fully async trainers.
+pytestmark = pytest.mark.verl_compat
+
 
 class Completions:
     """A batch as the agent loop hands it to these trainers: left-padded prompts, right-padded responses,

@@ -28,6 +28,10 @@ from verl_adapter.fsdp_actor_run import TEMPERATURE  # noqa: E402
 
 from gtpo_plugin.smoke.report import GTPO_METRICS, SmokePlan  # noqa: E402
 
+# CI runs it on verl 0.9.0 too (step 2): verl's FSDP engine: the entropy it writes and the loss it runs.
+pytestmark = pytest.mark.verl_compat
+
+
 RUNNER = Path(__file__).with_name("fsdp_actor_run.py")
 PLAN = SmokePlan(total_steps=3, save_step=2)
 RUN_TIMEOUT_S = 600

@@ -45,6 +45,10 @@ from verl_adapter.experimental_trainers import CONFIGS, EXPERIMENTAL  # noqa: E4
 
 from gtpo_plugin.verl_adapter.settings import check_trainer_config  # noqa: E402
 
+# CI runs it on verl 0.9.0 too (step 2): +algorithm=gtpo composed on this verl's own Hydra configs.
+pytestmark = pytest.mark.verl_compat
+
+
 REPO = Path(__file__).resolve().parents[2]
 ENTRY_POINTS: dict[str, tuple[Callable[[], Any], tuple[str, ...]]] = {  # name: (the app, its own arguments)
     "ppo_trainer": (main_ppo.main, ()),

@@ -28,6 +28,9 @@ from verl_adapter.doubles import (  # noqa: E402  (the TransferQueue fixture is 
     verl_config,
 )
 
+# CI runs it on verl 0.9.0 too (step 2): agent-loop masks through compute_advantage and the v1 advantage stage.
+pytestmark = pytest.mark.verl_compat
+
 
 def algorithm(**gtpo) -> OmegaConf:
     return OmegaConf.create({"adv_estimator": "gtpo", "norm_adv_by_std_in_grpo": True, "gtpo": gtpo})

@@ -15,6 +15,10 @@ import pytest
 pytest.importorskip("verl")
 from gtpo_plugin.verl_adapter import import_hooks  # noqa: E402
 
+# CI runs it on verl 0.9.0 too (step 2): verl's plugin loader and the trainer modules the hooks install into.
+pytestmark = pytest.mark.verl_compat
+
+
 TRAINER_MODULES = (
     "verl.trainer.ppo.ray_trainer",
     "verl.trainer.ppo.v1.trainer_base",

@@ -20,6 +20,10 @@ from verl.workers.utils.padding import no_padding_2_padding  # noqa: E402
 
 from gtpo_plugin.verl_adapter import policy_loss  # noqa: E402
 
+# CI runs it on verl 0.9.0 too (step 2): verl's ppo_loss, policy-loss registry and actor configs.
+pytestmark = pytest.mark.verl_compat
+
+
 AGG_MODES = ["token-mean", "token-sum", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 ENGINES = {"fsdp": FSDPActorConfig, "megatron": McoreActorConfig}
 

@@ -14,6 +14,10 @@ verl = pytest.importorskip("verl")
 import gtpo_plugin.verl_adapter as adapter  # noqa: E402
 from gtpo_plugin.verl_adapter import seam, trainer_hooks  # noqa: E402
 
+# CI runs it on verl 0.9.0 too (step 2): verl's registries and its verl.plugins entry point.
+pytestmark = pytest.mark.verl_compat
+
+
 ISSUE_COMMAND = ("import verl; from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn; "
                  "get_adv_estimator_fn('gtpo'); get_policy_loss_fn('gtpo')")
 

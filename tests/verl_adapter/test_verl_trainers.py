@@ -41,6 +41,10 @@ from verl_adapter.doubles import (  # noqa: E402
     verl_config,
 )
 
+# CI runs it on verl 0.9.0 too (step 2): the v1 trainer's start-up, advantage stage and checkpoint methods.
+pytestmark = pytest.mark.verl_compat
+
+
 # ----------------------------------------------------------------------------------------------- start-up
 
 
