@@ -94,7 +94,7 @@ def dry_run(sandbox: Sandbox, script: str, variables: dict[str, str], args: tupl
         # main recipe's default run keeps it on, so the plugin is seen not to disturb the printed YAML.
         env["VERL_USE_EXTERNAL_PLUGINS"] = "none"
     result = subprocess.run(["bash", str(RECIPES / script), *args], cwd=sandbox.workdir, env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=900)
     return DryRun(result.returncode, result.stdout, result.stderr)
 
 
