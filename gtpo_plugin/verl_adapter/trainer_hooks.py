@@ -28,7 +28,7 @@ import torch
 import transfer_queue as tq
 
 from gtpo_plugin.verl_adapter import seam
-from gtpo_plugin.verl_adapter.batch_inputs import gtpo_batch
+from gtpo_plugin.verl_adapter.batch_inputs import gtpo_batch, right_padded, token_id_dtype
 from gtpo_plugin.verl_adapter.settings import (
     GTPO,
     check_trainer_config,
@@ -192,15 +192,18 @@ def check_one_output_per_session(keys: Sequence[str]) -> None:
 
 
 def _fetch_responses_and_entropy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``responses`` and ``entropy`` of ``batch`` from TransferQueue, right-padded with 0 to ``[B, L]``."""
+    """``responses`` (int32 when the ids fit) and ``entropy`` of ``batch`` from TransferQueue, right-padded with
+    0 to ``[B, L]``; each jagged field is dropped once padded. Time and memory O(B·L)."""
     data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses", "entropy"])
     if data.get("entropy", None) is None:
         raise RuntimeError(
             "adv_estimator 'gtpo' found no 'entropy' in TransferQueue for this batch: verl's old-log-prob pass did not "
             "run (algorithm.rollout_correction.bypass_mode=true skips it); GTPO needs it"
         )
-    padded = data.to_padded_tensor()
-    return padded["responses"], padded["entropy"]
+    jagged = data.pop("responses")
+    responses = right_padded(jagged, token_id_dtype(jagged))
+    del jagged
+    return responses, right_padded(data.pop("entropy"))
 
 
 def _hook_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -213,8 +216,8 @@ def _hook_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., An
         call = signature.bind(self, *args, **kwargs).arguments
         batch, metrics = call["batch"], call["metrics"]
         check_one_output_per_session(batch.keys)
-        responses, entropy = _fetch_responses_and_entropy(batch)
-        with gtpo_batch(responses, entropy) as inputs:
+        # Fetched when the estimator runs, after verl's rollout correction, whose memory peak they would raise.
+        with gtpo_batch(load=lambda: _fetch_responses_and_entropy(batch)) as inputs:
             result = original(self, *args, **kwargs)
         metrics.update(inputs.metrics)
         return result

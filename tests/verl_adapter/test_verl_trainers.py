@@ -184,6 +184,40 @@ def test_other_estimators_skip_the_hook(transfer_queue):
     tq.kv_clear(keys=rollouts.keys, partition_id="train")
 
 
+def stage_events(estimator: str, monkeypatch) -> list[tuple]:
+    """The TransferQueue fetches (their fields) and verl's rollout correction, in order, in one v1 advantage stage."""
+    from verl.trainer.ppo.v1 import trainer_base
+
+    events: list[tuple] = []
+    get, correct = tq.kv_batch_get, trainer_base.compute_rollout_correction_and_add_to_batch
+
+    def recording_get(*args, **kwargs):
+        events.append(("fetch", tuple(kwargs["select_fields"])))
+        return get(*args, **kwargs)
+
+    def recording_correction(*args, **kwargs):
+        events.append(("rollout correction",))
+        return correct(*args, **kwargs)
+
+    rollouts = Rollouts(seed=11)  # with rollout_log_probs: verl runs its rollout correction
+    trainer = PPOTrainerSync(verl_config(f"algorithm.adv_estimator={estimator}"))
+    trainer.actor_rollout_wg = OldPolicyWorkers(rollouts)
+    batch = trainer._compute_old_log_prob(rollouts.put(), {})
+    with monkeypatch.context() as patch:
+        patch.setattr(tq, "kv_batch_get", recording_get)
+        patch.setattr(trainer_base, "compute_rollout_correction_and_add_to_batch", recording_correction)
+        trainer._compute_advantage(batch, {})
+    tq.kv_clear(keys=rollouts.keys, partition_id="train")
+    return events
+
+
+def test_gtpo_fetches_its_inputs_after_verls_rollout_correction_and_leaves_verls_fetch_as_it_is(transfer_queue,
+                                                                                               monkeypatch):
+    grpo, gtpo = stage_events("grpo", monkeypatch), stage_events("gtpo", monkeypatch)
+    assert [event[0] for event in grpo] == ["fetch", "rollout correction"]
+    assert gtpo == [*grpo, ("fetch", ("responses", "entropy"))]
+
+
 def test_several_outputs_per_agent_session_are_refused():
     trainer = PPOTrainerSync(verl_config())
     batch = KVBatchMeta(keys=["u_0_0", "u_0_1", "u_1_0"], tags=[{}, {}, {}], partition_id="train")
