@@ -57,7 +57,7 @@ GROUP_SIZE = 16
 VOCAB = 151_936
 ALGORITHMS = ("gtpo", "grpo")
 FULL_SIZES = [(b, length) for b in (256, 1024, 4096) for length in (1024, 4096, 16384)]
-QUICK_SIZES = [(256, 1024), (512, 2048)]
+QUICK_SIZES = [(256, 1024), (512, 4096)]
 PHASES = ("fetch", "pad", "rollout_correction", "compute", "write", "other")
 BYTES_PER_SLOT = 110  # the driver's peak bytes per B x L slot at the largest size measured (docs/performance.md)
 
@@ -503,6 +503,7 @@ def main() -> None:
     probe = Probe()
     instrument(probe)
     stages = trainers()
+    gc.freeze()  # what exists now lives to the end: the collections before each stage need not scan it
     results: dict[str, Any] = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
