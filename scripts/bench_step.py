@@ -26,8 +26,8 @@ stage minus VmRSS before it. Phases are the exclusive wall time spent in verl's 
 fetch (``tq.kv_batch_get``), pad (``TensorDict.to_padded_tensor``), rollout correction
 (``compute_rollout_correction_and_add_to_batch``), compute (``compute_advantage_for_multi_trajectories``,
 the estimator included), write (``response_to_nested`` and ``tq.kv_batch_put``), other (the rest).
-Bytes fetched and written are the tensor bytes the stage's ``kv_batch_get`` calls return and its
-``kv_batch_put`` call sends (the ``uid`` strings not counted).
+Bytes fetched and written are the tensor bytes TransferQueue's client returns to the stage's fetches (what the
+plugin takes out of verl's fetch included) and its ``kv_batch_put`` call sends (the ``uid`` strings not counted).
 
 The policy losses ``gtpo`` and verl's ``vanilla`` are timed through verl's registry
 (``get_policy_loss_fn``), forward and backward, at micro-batch sizes ``--loss-sizes``.
@@ -36,6 +36,7 @@ The policy losses ``gtpo`` and verl's ``vanilla`` are timed through verl's regis
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import datetime
 import gc
@@ -59,7 +60,7 @@ ALGORITHMS = ("gtpo", "grpo")
 FULL_SIZES = [(b, length) for b in (256, 1024, 4096) for length in (1024, 4096, 16384)]
 QUICK_SIZES = [(256, 1024), (512, 4096)]
 PHASES = ("fetch", "pad", "rollout_correction", "compute", "write", "other")
-BYTES_PER_SLOT = 110  # the driver's peak bytes per B x L slot at the largest size measured (docs/performance.md)
+BYTES_PER_SLOT = 110  # the driver's peak bytes per B x L slot, with room: at most 86 measured (docs/performance.md)
 
 
 # ----------------------------------------------------------------------------------------------- the batch
@@ -69,9 +70,7 @@ BYTES_PER_SLOT = 110  # the driver's peak bytes per B x L slot at the largest si
 class Batch:
     """One synthetic batch as TransferQueue holds it after verl's old-log-prob pass."""
 
-    keys: list[str]
-    tags: list[dict]
-    partition: str
+    meta: Any  # the KVBatchMeta verl's stages hand each other: keys, tags, partition and the fields stored
     tokens: int  # real (unpadded) tokens
 
 
@@ -138,7 +137,8 @@ def put_batch(batch_size: int, length: int, seed: int, rollout: bool, chunk: int
         fields = make_fields(lengths[rows], start, length, seed, rollout)
         tq.kv_batch_put(keys=keys[rows], partition_id=partition, fields=TensorDict(fields, batch_size=len(keys[rows])),
                         tags=tags[rows])
-    return Batch(keys, tags, partition, int(lengths.sum()))
+    meta = tq.kv_batch_put(keys=keys, partition_id=partition, tags=tags)  # as verl's old-log-prob pass returns it
+    return Batch(meta, int(lengths.sum()))
 
 
 # ------------------------------------------------------------------------------------------ instrumentation
@@ -193,13 +193,22 @@ class Probe:
                 self.current.phases[phase] += elapsed - nested
                 if self._stack:
                     self._stack[-1][1][1] += elapsed
-            if count == "fetched":
-                self.current.fetched += tensor_bytes(result)
-            elif count == "written":
+            if count == "written":
                 self.current.written += tensor_bytes(kwargs.get("fields"))
             return result
 
         return timed_call
+
+    def counted_get(self, get_data: Callable[..., Any]) -> Callable[..., Any]:
+        """TransferQueue's client ``async_get_data``, adding the bytes it returns to the running stage."""
+
+        async def async_get_data(*args: Any, **kwargs: Any) -> Any:
+            result = await get_data(*args, **kwargs)
+            if self.current is not None:
+                self.current.fetched += tensor_bytes(result)
+            return result
+
+        return async_get_data
 
     def finish(self) -> None:
         """Close the running stage: charge the last segment, and set its peak growth and "other" time."""
@@ -226,9 +235,12 @@ def instrument(probe: Probe) -> None:
     """Time verl's calls inside the advantage stage (wrapping the names ``trainer_base`` looks up)."""
     import transfer_queue as tq
     from tensordict import TensorDict
+    from transfer_queue.client import TransferQueueClient
     from verl.trainer.ppo.v1 import trainer_base
 
-    tq.kv_batch_get = probe.timed("fetch", tq.kv_batch_get, "fetched")
+    tq.kv_batch_get = probe.timed("fetch", tq.kv_batch_get)
+    # Bytes where every fetch lands (what the plugin takes out of verl's fetch included):
+    TransferQueueClient.async_get_data = probe.counted_get(TransferQueueClient.async_get_data)
     tq.kv_batch_put = probe.timed("write", tq.kv_batch_put, "written")
     TensorDict.to_padded_tensor = probe.timed("pad", TensorDict.to_padded_tensor)
     trainer_base.response_to_nested = probe.timed("write", trainer_base.response_to_nested)
@@ -263,9 +275,7 @@ def settle() -> None:
 
 def run_stage(trainer: Any, batch: Batch, probe: Probe) -> Record:
     """One call of verl's ``_compute_advantage`` on ``batch``, with its time, peak RSS growth, phases, bytes."""
-    from transfer_queue import KVBatchMeta
-
-    meta = KVBatchMeta(keys=batch.keys, tags=batch.tags, partition_id=batch.partition)
+    meta = copy.deepcopy(batch.meta)  # verl's stage adds to the metadata it is given
     settle()
     record = Record(start_rss=reset_peak_rss())
     probe.current = record
@@ -348,7 +358,7 @@ def measure_size(batch_size: int, length: int, rollout: bool, rounds: int, seed:
         order = ALGORITHMS if round_ % 2 == 0 else ALGORITHMS[::-1]
         for algorithm in order:
             records[algorithm].append(run_stage(stages[algorithm], batch, probe))
-    tq.kv_clear(keys=batch.keys, partition_id=batch.partition)
+    tq.kv_clear(keys=batch.meta.keys, partition_id=batch.meta.partition_id)
     ratios = [a.seconds / b.seconds for a, b in zip(records["gtpo"], records["grpo"], strict=True)]
     gtpo, grpo = median_record(records["gtpo"]), median_record(records["grpo"])
     return {
@@ -434,11 +444,12 @@ def plot(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
-    for rollout, style in ((False, "-"), (True, "--")):
-        rows = sorted((e for e in results["sizes"] if e["rollout_correction"] == rollout), key=lambda e: e["tokens"])
+    for rollout, fill in ((False, "full"), (True, "none")):  # points only: sizes of equal B x L differ in B
+        rows = [e for e in results["sizes"] if e["rollout_correction"] == rollout]
         for algorithm, marker in (("grpo", "s"), ("gtpo", "o")):
             if rows:
-                axes.plot([e["tokens"] for e in rows], [e[f"{algorithm}_s"] for e in rows], style, marker=marker,
+                axes.plot([e["tokens"] for e in rows], [e[f"{algorithm}_s"] for e in rows], linestyle="none",
+                          marker=marker, fillstyle=fill, markersize=7,
                           label=f"{algorithm.upper()}, {'with' if rollout else 'without'} rollout correction")
     axes.set(xscale="log", yscale="log", xlabel="B x L (token slots)", ylabel="advantage stage, s (median)",
              title=f"verl v1 advantage stage on {results['machine']['cores']} CPU cores")
