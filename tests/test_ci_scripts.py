@@ -138,12 +138,11 @@ def test_the_vllm_tests_run_in_the_vllm_environment_only_and_the_docs_list_them_
     marked = modules_marked("vllm")
     assert marked == modules_listed("The modules marked `vllm`") and marked
     ci = (REPO / ".ci" / "run").read_text()
-    # the side-by-side steps: step 1 a line, steps 2 and 3 subshells, each writing its own log
-    subshells = dict(re.findall(r"\n\(\n(.*?)\n\) > \"\$logs/step(\d)\.log\"", ci, re.DOTALL))
-    assert sorted(subshells.values()) == ["2", "3"]
-    body = {step: text for text, step in subshells.items()}
-    assert "VENV=.venv-vllm VLLM=1" in body["3"] and body["3"].endswith("python -m pytest -q -m vllm")
-    assert "import verl, vllm" in body["3"]  # a missing vLLM fails the step before pytest, never skips
-    assert "VERL_VERSION=0.9.0" in body["2"] and body["2"].endswith("python -m pytest -q -m verl_compat")
-    assert 'bash scripts/test.sh -m "not vllm" > "$logs/step1.log"' in ci
+    # the steps run one after the other: step 1 a line, steps 2 and 3 subshells, each named by its heading
+    subshells = dict(re.findall(r'step "(\d)/5 [^\n]*"\nbegan=\$SECONDS\n\(\n(.*?)\n\)\n', ci, re.DOTALL))
+    assert sorted(subshells) == ["2", "3"]
+    assert "VENV=.venv-vllm VLLM=1" in subshells["3"] and subshells["3"].endswith("python -m pytest -q -m vllm")
+    assert "import verl, vllm" in subshells["3"]  # a missing vLLM fails the step before pytest, never skips
+    assert "VERL_VERSION=0.9.0" in subshells["2"] and subshells["2"].endswith("python -m pytest -q -m verl_compat")
+    assert '\nbash scripts/test.sh -m "not vllm"\n' in ci
     assert ci.count("pytest -q") == 2 and ci.count("scripts/test.sh -m") == 1

@@ -32,7 +32,7 @@ table with each internal's file and more words::
   v1 PPOTrainer._compute_advantage       | fields from TQ       | v1 refused           | [v1_compute_advantage_*]
   v1 PPOTrainer._save/_load_checkpoint   | <H>_ini state        | v1 refused           | [v1_*_checkpoint_*]
   v1.utils.compute_advantage_for_multi_* | session keys (read)  | v1 refused           | [v1_session_keys_changed]
-  tq.kv_batch_get (in trainer_base)      | fetches the fields   | v1 refused           | probed only
+  tq.kv_batch_get (in trainer_base)      | + GTPO's two fields  | v1 refused           | test_verl_trainers
   Separate..._fit_compute_advantage      | entropy to estimator | separation refused   | [separation_fit_*]
   OneStepOffRayTrainer.__init__          | start-up checks      | one-step-off refused | experimental tests
   FullyAsyncTrainer (Ray's copy)         | the same four hooks  | fully async refused  | [fully_async_*_renamed]

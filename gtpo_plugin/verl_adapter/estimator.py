@@ -48,7 +48,7 @@ def compute_gtpo_outcome_advantage(
     left in its ``metrics``. Cost: that of :func:`gtpo_plugin.compute_gtpo_advantage`, O(B·L).
     """
     declared = responses is not None and entropy is not None
-    inputs = GTPOBatch(responses, entropy) if declared else current_batch()  # type: ignore[arg-type]
+    inputs = GTPOBatch(responses, entropy) if declared else current_batch()
     if inputs is None:
         raise RuntimeError(
             "adv_estimator 'gtpo' needs the batch's 'responses' (token ids, for conflict tokens) and 'entropy' "
@@ -61,22 +61,25 @@ def compute_gtpo_outcome_advantage(
         raise ValueError("adv_estimator 'gtpo' needs the group id of each row: the DataProto must hold 'uid'")
     if config is None:
         raise ValueError("adv_estimator 'gtpo' needs config=<the algorithm config> (GTPO's settings are under 'gtpo')")
+    responses, entropy = inputs.inputs()
     shape = token_level_rewards.shape
-    for name, tensor in (("responses", inputs.responses), ("entropy", inputs.entropy)):
+    for name, tensor in (("responses", responses), ("entropy", entropy)):
         if tuple(tensor.shape) != tuple(shape):
             raise ValueError(f"'{name}' has shape {tuple(tensor.shape)} but token_level_rewards has {tuple(shape)}: "
                              "they must describe the same batch, row for row")
+    device = token_level_rewards.device
+    responses, entropy = responses.to(device), entropy.to(device)
     settings = gtpo_config(config)
     terms = compute_gtpo_terms(
-        token_level_rewards, response_mask, inputs.responses.to(token_level_rewards.device), index,
-        inputs.entropy.to(token_level_rewards.device),
-        initial_entropy=initial_entropy(config, inputs.entropy, response_mask.to(inputs.entropy.device)),
+        token_level_rewards, response_mask, responses, index, entropy,
+        initial_entropy=initial_entropy(config, entropy, response_mask.to(entropy.device)),
         amplification=settings.amplification,
         entropy_coef=settings.entropy_coef,
         entropy_threshold=settings.entropy_threshold,
         conflict_mode=settings.conflict_mode,
         norm_adv_by_std=norm_adv_by_std(config),
     )
+    del responses, entropy  # a lazily loaded batch's inputs are freed here, before verl writes the advantages
     inputs.metrics = gtpo_metrics(terms)
     if declared:
         return terms.advantages, terms.advantages, inputs.metrics

@@ -20,6 +20,7 @@ import inspect
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 import transfer_queue as tq
 
 from gtpo_plugin.verl_adapter import seam
-from gtpo_plugin.verl_adapter.batch_inputs import gtpo_batch
+from gtpo_plugin.verl_adapter.batch_inputs import gtpo_batch, right_padded, token_id_dtype
 from gtpo_plugin.verl_adapter.settings import (
     GTPO,
     check_trainer_config,
@@ -191,16 +192,88 @@ def check_one_output_per_session(keys: Sequence[str]) -> None:
         )
 
 
-def _fetch_responses_and_entropy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``responses`` and ``entropy`` of ``batch`` from TransferQueue, right-padded with 0 to ``[B, L]``."""
-    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=["responses", "entropy"])
-    if data.get("entropy", None) is None:
+GTPO_FIELDS = ("responses", "entropy")
+
+
+def _require_entropy(entropy: torch.Tensor | None) -> torch.Tensor:
+    if entropy is None:
         raise RuntimeError(
             "adv_estimator 'gtpo' found no 'entropy' in TransferQueue for this batch: verl's old-log-prob pass did not "
             "run (algorithm.rollout_correction.bypass_mode=true skips it); GTPO needs it"
         )
-    padded = data.to_padded_tensor()
-    return padded["responses"], padded["entropy"]
+    return entropy
+
+
+def _padded_inputs(responses: torch.Tensor, entropy: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``responses`` (int32 when the ids fit) and ``entropy`` right-padded with 0 to ``[B, L]``. O(B·L)."""
+    entropy = _require_entropy(entropy)
+    return right_padded(responses, token_id_dtype(responses)), right_padded(entropy)
+
+
+def _fetch_responses_and_entropy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``responses`` and ``entropy`` of ``batch``, fetched on their own and padded (:func:`_padded_inputs`)."""
+    data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(GTPO_FIELDS))
+    return _padded_inputs(data.pop("responses"), data.pop("entropy", None))
+
+
+@dataclass
+class _Carried:
+    """GTPO's fields taken out of verl's own fetch of the stage's batch (``keys``, ``partition_id``), still jagged."""
+
+    keys: Any
+    partition_id: str
+    fields: dict[str, torch.Tensor | None] | None = None
+
+
+#: Set while a GTPO advantage stage in this context has its fields added to verl's own fetch (one fetch, not two).
+_ONE_FETCH: ContextVar[_Carried | None] = ContextVar("gtpo_one_fetch", default=None)
+
+
+def _hook_v1_kv_batch_get(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``tq.kv_batch_get`` as verl's v1 trainer calls it: inside a one-fetch GTPO stage (:data:`_ONE_FETCH`), its
+    first fetch of the stage's batch also brings ``responses`` and ``entropy``, taken out before verl sees them.
+    Every other call, in every other context and thread, passes straight through."""
+    signature = inspect.signature(original)
+
+    def kv_batch_get(*args: Any, **kwargs: Any) -> Any:
+        carried = _ONE_FETCH.get()
+        if carried is None or carried.fields is not None:
+            return original(*args, **kwargs)
+        try:
+            call = signature.bind(*args, **kwargs).arguments
+        except TypeError:
+            return original(*args, **kwargs)  # TransferQueue's own error
+        fields = call.get("select_fields")
+        if (call.get("partition_id") != carried.partition_id or list(call.get("keys") or ()) != list(carried.keys)
+                or not isinstance(fields, list)):
+            return original(*args, **kwargs)
+        added = [name for name in GTPO_FIELDS if name not in fields]
+        data = original(**{**call, "select_fields": [*fields, *added]})
+        carried.fields = {name: data.pop(name, None) if name in added else data.get(name, None)
+                          for name in GTPO_FIELDS}
+        return data
+
+    return kv_batch_get
+
+
+def _rollout_correction_may_run(config: Any, batch: Any) -> bool:
+    """Whether verl's ``_compute_advantage`` may run its rollout correction on ``batch`` (verl's own condition,
+    read from the config and the fields the batch's metadata lists; unknown fields: it may)."""
+    correction = config.algorithm.get("rollout_correction", None)
+    if correction is None or correction.get("bypass_mode", False):
+        return False
+    fields = getattr(batch, "fields", None)
+    return fields is None or "rollout_log_probs" in fields
+
+
+def _load_inputs(batch: Any, carried: _Carried | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """GTPO's inputs for ``batch``, padded: those carried out of verl's fetch (then dropped), else fetched now."""
+    fields = carried.fields if carried is not None else None
+    if not fields or fields["responses"] is None:
+        return _fetch_responses_and_entropy(batch)
+    assert carried is not None
+    carried.fields = {}
+    return _padded_inputs(fields.pop("responses"), fields.pop("entropy"))  # type: ignore[arg-type]
 
 
 def _hook_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -213,9 +286,15 @@ def _hook_v1_compute_advantage(original: Callable[..., Any]) -> Callable[..., An
         call = signature.bind(self, *args, **kwargs).arguments
         batch, metrics = call["batch"], call["metrics"]
         check_one_output_per_session(batch.keys)
-        responses, entropy = _fetch_responses_and_entropy(batch)
-        with gtpo_batch(responses, entropy) as inputs:
-            result = original(self, *args, **kwargs)
+        # With verl's rollout correction coming, GTPO's inputs are fetched when the estimator runs, after it (held
+        # during it they would raise its memory peak); without, verl's own fetch brings them (one call, not two).
+        carried = None if _rollout_correction_may_run(self.config, batch) else _Carried(batch.keys, batch.partition_id)
+        token = _ONE_FETCH.set(carried)
+        try:
+            with gtpo_batch(load=lambda: _load_inputs(batch, carried)) as inputs:
+                result = original(self, *args, **kwargs)
+        finally:
+            _ONE_FETCH.reset(token)
         metrics.update(inputs.metrics)
         return result
 
@@ -354,7 +433,8 @@ SEAMS: dict[str, tuple[Hook, ...]] = {
         Hook("v1", "PPOTrainer", "_load_checkpoint", _hook_load_checkpoint("global_steps"), own=True, source=_RESUME),
         Hook("v1", "", "compute_advantage_for_multi_trajectories", None, leading=("data", "batch_keys"),
              source=('rsplit("_", 2)',)),
-        Hook("v1", "tq", "kv_batch_get", None, leading=(), named=("keys", "partition_id", "select_fields")),
+        Hook("v1", "tq", "kv_batch_get", _hook_v1_kv_batch_get, leading=(),
+             named=("keys", "partition_id", "select_fields"), advantage_path=True),
     ),
     "verl.experimental.separation.ray_trainer": (
         Hook("separation", "SeparateRayPPOTrainer", "_compute_old_log_prob", _hook_separate_compute_old_log_prob,

@@ -81,7 +81,8 @@ class Rollouts:
                 })
         self.keys = [row["key"] for row in self.rows]
 
-    def put(self) -> KVBatchMeta:
+    def put(self, rollout_log_probs: bool = True) -> KVBatchMeta:
+        """Put the rows; ``rollout_log_probs`` (which makes verl's advantage stage run its rollout correction) too."""
         fields, tags = [], []
         for row in self.rows:
             length = len(row["response"])
@@ -89,8 +90,9 @@ class Rollouts:
             scores[-1] = row["score"]
             fields.append({"uid": row["uid"], "prompts": torch.tensor(row["prompt"]),
                            "responses": torch.tensor(row["response"]),
-                           "response_mask": torch.tensor(row["mask"], dtype=torch.int64), "rm_scores": scores,
-                           "rollout_log_probs": torch.full((length,), -0.5)})
+                           "response_mask": torch.tensor(row["mask"], dtype=torch.int64), "rm_scores": scores})
+            if rollout_log_probs:
+                fields[-1]["rollout_log_probs"] = torch.full((length,), -0.5)
             tags.append({"status": "success", "prompt_len": 3, "response_len": length, "seq_len": 3 + length})
         return tq.kv_batch_put(keys=self.keys, partition_id="train", fields=list_of_dict_to_tensordict(fields),
                                tags=tags)

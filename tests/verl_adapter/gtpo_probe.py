@@ -2,8 +2,8 @@
 
 Loaded by ``fsdp_fit_run.py --probe DIR`` through verl's ``VERL_USE_EXTERNAL_MODULES``; it observes and changes
 nothing (each wrapper returns what it wraps returned), in the trainer's process:
-- where the GTPO adapter fetches a batch's ``responses`` and ``entropy`` from TransferQueue for the advantage
-  stage (``trainer_hooks._fetch_responses_and_entropy``), it fetches the same batch's ``prompts`` and
+- where the GTPO adapter hands the estimator a batch's ``responses`` and ``entropy`` from TransferQueue in the
+  advantage stage (``trainer_hooks._load_inputs``), it fetches the same batch's ``prompts`` and
   ``response_mask`` beside them and saves all four as ``DIR/batch_<k>.pt`` (``k`` = 1, 2, ... in the run's
   order);
 - where verl's validation reads the prompts and responses it decodes (TransferQueue's ``kv_batch_get`` of
@@ -32,19 +32,19 @@ def rows(tensor: torch.Tensor) -> list[torch.Tensor]:
 
 
 def record(hooks: ModuleType) -> None:
-    fetch = hooks._fetch_responses_and_entropy
+    fetch = hooks._load_inputs
     saved = 0
 
     @functools.wraps(fetch)
-    def fetch_and_record(batch: Any) -> Any:
+    def fetch_and_record(batch: Any, *args: Any) -> Any:
         nonlocal saved
-        result = fetch(batch)
+        result = fetch(batch, *args)
         data = hooks.tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=list(FIELDS))
         saved += 1
         torch.save({field: rows(data[field]) for field in FIELDS}, Path(DIRECTORY) / f"batch_{saved}.pt")
         return result
 
-    hooks._fetch_responses_and_entropy = fetch_and_record
+    hooks._load_inputs = fetch_and_record
 
 
 def record_validation(tq: ModuleType) -> None:

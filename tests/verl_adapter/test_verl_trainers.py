@@ -188,6 +188,89 @@ def test_other_estimators_skip_the_hook(transfer_queue):
     tq.kv_clear(keys=rollouts.keys, partition_id="train")
 
 
+def stage_events(estimator: str, monkeypatch, *, rollout_log_probs: bool = True) -> tuple[list[tuple], torch.Tensor]:
+    """The TransferQueue fetches as verl makes them (their fields) and verl's rollout correction, in order, in one
+    v1 advantage stage; and the advantages it wrote."""
+    from verl.trainer.ppo.v1 import trainer_base
+
+    events: list[tuple] = []
+    get, correct = tq.kv_batch_get, trainer_base.compute_rollout_correction_and_add_to_batch
+
+    def recording_get(*args, **kwargs):
+        events.append(("fetch", tuple(kwargs["select_fields"])))
+        return get(*args, **kwargs)
+
+    def recording_correction(*args, **kwargs):
+        events.append(("rollout correction",))
+        return correct(*args, **kwargs)
+
+    rollouts = Rollouts(seed=11)
+    # Without rollout log-probs the rollout is configured not to compute them (verl's old-log-prob pass reads them).
+    trainer = PPOTrainerSync(verl_config(f"algorithm.adv_estimator={estimator}",
+                                         f"actor_rollout_ref.rollout.calculate_log_probs={rollout_log_probs}"))
+    trainer.actor_rollout_wg = OldPolicyWorkers(rollouts)
+    batch = trainer._compute_old_log_prob(rollouts.put(rollout_log_probs), {})
+    with monkeypatch.context() as patch:
+        patch.setattr(tq, "kv_batch_get", recording_get)
+        patch.setattr(trainer_base, "compute_rollout_correction_and_add_to_batch", recording_correction)
+        trainer._compute_advantage(batch, {})
+    advantages = advantages_in_queue(rollouts.keys)
+    tq.kv_clear(keys=rollouts.keys, partition_id="train")
+    return events, advantages
+
+
+def expected_advantages(seed: int, initial_entropy: float) -> torch.Tensor:
+    responses, mask, rewards, entropy, uid = Rollouts(seed=seed).padded()
+    return compute_gtpo_advantage(rewards, mask, responses, uid, entropy, initial_entropy=initial_entropy)[0]
+
+
+def test_with_rollout_correction_gtpo_fetches_its_inputs_after_it_and_leaves_verls_fetch_as_it_is(transfer_queue,
+                                                                                                 monkeypatch):
+    grpo, _ = stage_events("grpo", monkeypatch)
+    gtpo, advantages = stage_events("gtpo", monkeypatch)
+    assert [event[0] for event in grpo] == ["fetch", "rollout correction"]
+    assert gtpo == [*grpo, ("fetch", ("responses", "entropy"))]
+    _, mask, _, entropy, _ = Rollouts(seed=11).padded()
+    torch.testing.assert_close(advantages, expected_advantages(11, mean_completion_entropy(entropy, mask)),
+                               rtol=0, atol=1e-6)
+
+
+def test_without_rollout_correction_verls_one_fetch_brings_gtpos_inputs_with_the_same_advantages(transfer_queue,
+                                                                                                  monkeypatch):
+    grpo, _ = stage_events("grpo", monkeypatch, rollout_log_probs=False)
+    gtpo, advantages = stage_events("gtpo", monkeypatch, rollout_log_probs=False)
+    assert [event[0] for event in grpo] == ["fetch"] and gtpo == grpo  # one call, asked for by verl as it is
+    _, mask, _, entropy, _ = Rollouts(seed=11).padded()
+    torch.testing.assert_close(advantages, expected_advantages(11, mean_completion_entropy(entropy, mask)),
+                               rtol=0, atol=1e-6)
+
+
+def test_outside_a_gtpo_stage_the_fetch_passes_straight_through(transfer_queue):
+    from gtpo_plugin.verl_adapter import trainer_hooks
+
+    assert trainer_hooks.is_hooked(tq.kv_batch_get)
+    rollouts = Rollouts(seed=12)
+    rollouts.put()
+    data = tq.kv_batch_get(keys=rollouts.keys, partition_id="train", select_fields=["rm_scores"])
+    assert set(data.keys()) == {"rm_scores"}
+    tq.kv_clear(keys=rollouts.keys, partition_id="train")
+
+
+def test_a_moved_or_changed_kv_batch_get_is_refused_by_its_probe():
+    import types
+
+    from gtpo_plugin.verl_adapter import seam, trainer_hooks
+
+    hook = next(hook for hook in trainer_hooks.SEAMS["verl.trainer.ppo.v1.trainer_base"] if hook.name == "kv_batch_get")
+    module = types.ModuleType("verl.trainer.ppo.v1.trainer_base")
+    module.tq = types.SimpleNamespace()
+    with pytest.raises(seam.ProbeError, match=r"trainer_base\.tq\.kv_batch_get is missing"):
+        trainer_hooks._resolve(module, hook)
+    module.tq = types.SimpleNamespace(kv_batch_get=lambda keys, partition_id: None)
+    with pytest.raises(seam.ProbeError, match="expects .*select_fields"):
+        trainer_hooks._resolve(module, hook)
+
+
 def test_several_outputs_per_agent_session_are_refused():
     trainer = PPOTrainerSync(verl_config())
     batch = KVBatchMeta(keys=["u_0_0", "u_0_1", "u_1_0"], tags=[{}, {}, {}], partition_id="train")
